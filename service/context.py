@@ -1,0 +1,25 @@
+"""What the routes of one app share: settings, the store, the hub and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from service.hub import Hub
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import Store
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    store: Store
+    hub: Hub
+    metrics: Metrics
+
+
+def of(request: Request) -> Context:
+    ctx: Context = request.app.state.herald
+    return ctx

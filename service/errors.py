@@ -1,0 +1,79 @@
+"""Herald's errors and the handlers that turn every failure into a JSON `detail`.
+
+    HeraldError           an answer with a status and a JSON `detail`
+     ├── BadRequest          400
+     ├── PayloadTooLarge     413
+     ├── Invalid             422 (detail: pydantic's list of errors)
+     └── Unavailable         503 with Retry-After (Redis unreachable)
+
+Redis connection failures anywhere in a request become `Unavailable`; anything
+unexpected becomes a 500 whose body says nothing about the code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("herald")
+
+RETRY_AFTER_SECONDS = 1
+
+
+class HeraldError(Exception):
+    status = 500
+
+    def __init__(self, detail: str | list[Any]) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(HeraldError):
+    status = 400
+
+
+class PayloadTooLarge(HeraldError):
+    status = 413
+
+
+class Invalid(HeraldError):
+    status = 422
+
+
+class Unavailable(HeraldError):
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    async def herald_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HeraldError)
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers())
+
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unreachable during %s %s: %s", request.method, request.url.path, exc)
+        return await herald_error(request, Unavailable("Redis is unreachable, try again shortly"))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error during %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, 500)
+
+    app.add_exception_handler(HeraldError, herald_error)
+    for exc_type in REDIS_DOWN:
+        app.add_exception_handler(exc_type, redis_down)
+    app.add_exception_handler(Exception, unexpected)

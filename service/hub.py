@@ -1,0 +1,220 @@
+"""The hub: one process-wide reader of all active topics, fanning entries out to subscribers.
+
+Redis work does not grow with subscribers: each topic is read by exactly one reader
+loop (one XREAD BLOCK connection per `reader_chunk` topics), every entry is encoded
+to SSE bytes once, and the same frames are pushed to every subscriber's buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable
+
+from redis.typing import KeyT, StreamIdT
+
+from service import keys
+from service.cursor import StreamId, format_stream_id
+from service.errors import REDIS_DOWN
+from service.metrics import Metrics
+from service.settings import Settings
+from service.sse import Frame, encode_entry
+from service.store import Store, StreamReader, XreadReply
+from service.subscriber import Subscriber
+
+log = logging.getLogger("herald")
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+
+
+class Topic:
+    """A topic some local subscriber follows, and how far the hub has read it."""
+
+    __slots__ = ("key", "name", "position", "position_id", "reader", "subscribers")
+
+    def __init__(self, name: str, position: StreamId, reader: Reader) -> None:
+        self.name = name
+        self.key = keys.stream_key(name)
+        self.position = position
+        self.position_id = format_stream_id(position).encode()
+        self.reader = reader
+        self.subscribers: set[Subscriber] = set()
+
+
+class Hub:
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._topics: dict[str, Topic] = {}
+        self._readers: list[Reader] = []
+        self._join_lock = asyncio.Lock()
+
+    async def stop(self) -> None:
+        for reader in self._readers:
+            await reader.stop()
+        self._readers.clear()
+
+    @property
+    def healthy(self) -> bool:
+        """Every reader loop is running and its last read reached Redis."""
+        return all(reader.healthy for reader in self._readers)
+
+    async def subscribe(self, subscriber: Subscriber, names: Iterable[str]) -> dict[str, StreamId]:
+        """Register `subscriber`; it gets every entry after the returned positions."""
+        names = list(names)
+        if any(name not in self._topics for name in names):
+            async with self._join_lock:
+                missing = [name for name in names if name not in self._topics]
+                if missing:
+                    positions = await self._store.last_generated_ids(missing)
+                    for name in missing:
+                        self._add_topic(name, positions[name])
+        starts = {}
+        for name in names:
+            topic = self._topics[name]
+            topic.subscribers.add(subscriber)
+            starts[name] = topic.position
+        self._metrics.subscribers.inc()
+        return starts
+
+    def unsubscribe(self, subscriber: Subscriber, names: Iterable[str]) -> None:
+        for name in names:
+            topic = self._topics.get(name)
+            if topic is None:
+                continue
+            topic.subscribers.discard(subscriber)
+            if not topic.subscribers:
+                del self._topics[name]
+                topic.reader.remove(topic)
+        self._metrics.subscribers.dec()
+        self._metrics.topics.set(len(self._topics))
+
+    def _add_topic(self, name: str, position: StreamId) -> None:
+        reader = next(
+            (r for r in self._readers if len(r.topics) < self._settings.reader_chunk), None
+        )
+        if reader is None:
+            reader = Reader(self._store.reader(), self._settings, self._metrics)
+            self._readers.append(reader)
+        topic = Topic(name, position, reader)
+        self._topics[name] = topic
+        reader.add(topic)
+        self._metrics.topics.set(len(self._topics))
+
+
+class Reader:
+    """One XREAD BLOCK loop over a chunk of topics, on its own connection."""
+
+    def __init__(self, stream_reader: StreamReader, settings: Settings, metrics: Metrics) -> None:
+        self._conn = stream_reader
+        self._count = settings.read_count
+        self._block_ms = settings.reader_block_ms
+        self._metrics = metrics
+        self.topics: dict[bytes, Topic] = {}
+        self._changed = asyncio.Event()
+        self._reading = False
+        self._stale = False
+        self._waking: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None
+        self._task = asyncio.create_task(self._run(), name="herald-reader")
+
+    @property
+    def healthy(self) -> bool:
+        return not self._task.done() and self._failing_since is None
+
+    def add(self, topic: Topic) -> None:
+        self.topics[topic.key] = topic
+        self._stale = True
+        self._changed.set()
+        if self._reading and (self._waking is None or self._waking.done()):
+            self._waking = asyncio.create_task(self._wake())
+
+    def remove(self, topic: Topic) -> None:
+        # The read in flight may still return entries of it; dispatch ignores unknown keys.
+        self.topics.pop(topic.key, None)
+
+    async def stop(self) -> None:
+        for task in (self._waking, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._conn.reset()
+
+    async def _wake(self) -> None:
+        """Interrupt the blocked read so a new topic joins it now, not after the block time.
+
+        The unblock travels on another connection and may overtake the XREAD it is
+        meant for, so it is repeated until it lands or the read ends by itself.
+        """
+        try:
+            while self._reading and self._stale:
+                if await self._conn.unblock():
+                    return
+                await asyncio.sleep(0.002)
+        except REDIS_DOWN as exc:
+            log.debug("could not wake the reader: %s", exc)
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while True:
+            if not self.topics:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            streams: dict[KeyT, StreamIdT] = {
+                key: topic.position_id for key, topic in self.topics.items()
+            }
+            self._stale = False
+            self._reading = True
+            try:
+                reply = await self._conn.read(streams, self._count, self._block_ms)
+            except REDIS_DOWN as exc:
+                self._reading = False
+                await self._failed(exc, backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            self._reading = False
+            if self._failing_since is not None:
+                log.info("hub reader reconnected to Redis")
+                self._failing_since = None
+            backoff = _BACKOFF_FIRST
+            if reply:
+                self._dispatch(reply)
+
+    async def _failed(self, exc: Exception, backoff: float) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning("hub reader lost Redis: %s; retrying with backoff", exc)
+        self._metrics.reader_errors.inc()
+        await self._conn.reset()
+        # Jitter spreads the reconnects of many replicas after a Redis restart.
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+
+    def _dispatch(self, reply: XreadReply) -> None:
+        delivered = 0
+        for key, entries in reply:
+            topic = self.topics.get(key)
+            if topic is None:
+                continue
+            position = topic.position
+            frames: list[Frame] = []
+            for raw_id, fields in entries:
+                frame = encode_entry(raw_id, fields)
+                if frame.sid > position:
+                    frames.append(frame)
+                    position = frame.sid
+            if not frames:
+                continue
+            topic.position = position
+            topic.position_id = entries[-1][0]
+            for subscriber in topic.subscribers:
+                subscriber.push(topic.name, frames)
+            delivered += len(frames) * len(topic.subscribers)
+            self._metrics.entries_read.inc(len(frames))
+        self._metrics.deliveries.inc(delivered)

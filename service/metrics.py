@@ -1,0 +1,48 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.published = Counter(
+            "herald_published_events", "Events accepted by POST /publish.", registry=r
+        )
+        self.subscribers = Gauge(
+            "herald_subscribers", "Open SSE subscriptions in this process.", registry=r
+        )
+        self.topics = Gauge(
+            "herald_topics", "Topics the hub follows for local subscribers.", registry=r
+        )
+        self.entries_read = Counter(
+            "herald_entries_read", "Stream entries the hub read and encoded.", registry=r
+        )
+        self.deliveries = Counter(
+            "herald_deliveries", "Events handed to subscriber buffers.", registry=r
+        )
+        self.replayed = Counter(
+            "herald_replayed_events", "Events replayed to resuming subscribers.", registry=r
+        )
+        self.trimmed = Counter(
+            "herald_trimmed_announcements",
+            "Resumes whose position was older than the retained history.",
+            registry=r,
+        )
+        self.overflows = Counter(
+            "herald_subscriber_overflows",
+            "Subscribers disconnected because they could not keep up.",
+            registry=r,
+        )
+        self.reader_errors = Counter(
+            "herald_reader_errors", "Failed hub reads (Redis unreachable).", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,79 @@
+"""Pydantic models at the HTTP edge: what `/publish` accepts and answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, model_validator
+
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+EVENT_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
+RESERVED_EVENT_PREFIX = "herald."
+
+Topic = Annotated[
+    str,
+    Field(
+        pattern=TOPIC_PATTERN,
+        description="1 to 128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit.",
+        examples=["stocks.AAPL"],
+    ),
+]
+EventType = Annotated[
+    str,
+    Field(
+        pattern=EVENT_PATTERN,
+        description="1 to 64 chars of A-Z a-z 0-9 . _ -, starting with a letter; "
+        "`herald.` is reserved for Herald's own events.",
+        examples=["tick"],
+    ),
+]
+
+
+class PublishEvent(BaseModel):
+    """One event to publish."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"topic": "stocks.AAPL", "event": "tick", "data": {"price": 189.2}}]
+        },
+    )
+
+    topic: Topic
+    event: EventType = "message"
+    data: JsonValue = Field(
+        default="",
+        description="Any JSON value: a string is delivered verbatim, anything else as "
+        "compact JSON.",
+    )
+    _text: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _serialise(self) -> PublishEvent:
+        if self.event.startswith(RESERVED_EVENT_PREFIX):
+            raise ValueError(f"event types starting with {RESERVED_EVENT_PREFIX!r} are reserved")
+        self._text = wire_text(self.data)
+        return self
+
+    @property
+    def text(self) -> str:
+        """The data exactly as subscribers receive it."""
+        return self._text
+
+
+class Published(BaseModel):
+    """Where an accepted event was stored."""
+
+    topic: str
+    id: str = Field(description="The Redis stream entry id, also the SSE event id.")
+
+
+def wire_text(data: JsonValue) -> str:
+    """Strings verbatim with line breaks normalised to LF; anything else compact JSON."""
+    if isinstance(data, str):
+        return data.replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise ValueError("data must be JSON: NaN and Infinity are not JSON numbers") from None

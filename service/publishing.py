@@ -1,0 +1,60 @@
+"""Turning a `/publish` request body into validated events, within the configured limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.requests import Request
+
+from service.errors import Invalid, PayloadTooLarge
+from service.models import PublishEvent
+from service.settings import Settings
+
+_ONE = TypeAdapter(PublishEvent)
+_BATCH: TypeAdapter[list[PublishEvent]] = TypeAdapter(
+    Annotated[list[PublishEvent], Field(min_length=1)]
+)
+
+REQUEST_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        PublishEvent.model_json_schema(),
+        {"type": "array", "items": PublishEvent.model_json_schema(), "minItems": 1},
+    ]
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], bool]:
+    """The events of a body (one object or a JSON array) and whether it was a batch."""
+    batch = body.lstrip()[:1] == b"["
+    try:
+        events = _BATCH.validate_json(body) if batch else [_ONE.validate_json(body)]
+    except ValidationError as exc:
+        raise Invalid(
+            exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
+    if len(events) > settings.max_batch:
+        raise PayloadTooLarge(f"a batch holds at most {settings.max_batch} events")
+    for index, event in enumerate(events):
+        size = len(event.text.encode())
+        if size > settings.max_event_bytes:
+            where = f"event {index}" if batch else "event"
+            raise PayloadTooLarge(
+                f"{where} data is {size} bytes; the limit is {settings.max_event_bytes}"
+            )
+    return events, batch

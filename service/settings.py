@@ -1,0 +1,72 @@
+"""The one settings object: environment `HERALD_*`, the same names as CLI flags and Helm values."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Herald has, with its default.
+
+    >>> Settings(heartbeat_seconds=5).heartbeat_seconds
+    5.0
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis:// or rediss://). Unset: in-process fakeredis, one process.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `herald serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `herald serve` listens on.")
+    workers: int = Field(default=1, ge=1, description="Worker processes, each with its own hub.")
+    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    shutdown_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, the most time given to streams to end."
+    )
+
+    retention: int = Field(
+        default=10_000, ge=1, description="Entries kept per topic stream (approximate MAXLEN)."
+    )
+    max_event_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Largest event data accepted, in bytes (else 413)."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest /publish request body, in bytes (else 413)."
+    )
+    max_batch: int = Field(default=1000, ge=1, description="Most events in one batch (else 413).")
+    max_topics: int = Field(
+        default=32, ge=1, description="Most topics in one subscription (else 400)."
+    )
+
+    heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Idle time after which a stream gets a comment line."
+    )
+    retry_ms: int = Field(
+        default=2000, ge=0, description="The `retry:` reconnection delay sent to clients."
+    )
+    subscriber_buffer: int = Field(
+        default=4096,
+        ge=1,
+        description="Events a subscriber may have waiting; beyond it, it is disconnected.",
+    )
+    send_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A write stuck this long closes the connection."
+    )
+    replay_page: int = Field(
+        default=500, ge=1, description="Entries per XRANGE page when replaying after a resume."
+    )
+    read_count: int = Field(
+        default=1000, ge=1, description="Most entries per topic one hub XREAD returns."
+    )
+    reader_block_ms: int = Field(
+        default=5000, ge=10, description="XREAD BLOCK time of the hub reader."
+    )
+    reader_chunk: int = Field(
+        default=1000, ge=1, description="Most topics one hub reader connection follows."
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Socket timeout of ordinary (non-blocking) Redis commands."
+    )

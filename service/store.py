@@ -1,0 +1,215 @@
+"""All Redis access: publishing, positions, replay pages and the hub's blocking reads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
+
+from service import keys
+from service.cursor import ZERO, StreamId, format_stream_id, stream_id_of
+from service.settings import Settings
+
+log = logging.getLogger("herald")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+"""A stream entry as Redis returns it: id and fields."""
+
+XreadReply = list[tuple[bytes, list[Entry]]]
+
+ClientFactory = Callable[[], redis.Redis]
+
+# Redis answers XREAD BLOCK within the block time; this margin covers the round trip.
+_READ_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a replay needs to know about a stream's retained history."""
+
+    length: int
+    entries_added: int
+    first_id: StreamId | None
+    last_generated_id: StreamId
+    max_deleted_id: StreamId
+
+    @classmethod
+    def missing(cls) -> StreamInfo:
+        return cls(0, 0, None, ZERO, ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    info: StreamInfo
+    entries: list[Entry]
+
+
+class Store:
+    """Herald's one door to Redis.
+
+    Commands never retry by themselves: a retried XADD could append an event twice,
+    so a failure reaches the caller, which answers 503.
+    """
+
+    def __init__(self, client: redis.Redis, reader_factory: ClientFactory, embedded: bool):
+        self._client = client
+        self._new_reader_client = reader_factory
+        self.embedded = embedded
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Store:
+        if settings.redis_url is None:
+            return cls._embedded()
+        url = settings.redis_url
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+        )
+        read_timeout = settings.reader_block_ms / 1000 + _READ_MARGIN_SECONDS
+
+        def reader_client() -> redis.Redis:
+            return redis.Redis.from_url(
+                url,
+                socket_timeout=read_timeout,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+                retry=Retry(NoBackoff(), 0),
+                single_connection_client=True,
+            )
+
+        return cls(client, reader_client, embedded=False)
+
+    @classmethod
+    def _embedded(cls) -> Store:
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+
+        def reader_client() -> redis.Redis:
+            client: redis.Redis = fakeredis.FakeAsyncRedis(
+                server=server, single_connection_client=True
+            )
+            return client
+
+        return cls(fakeredis.FakeAsyncRedis(server=server), reader_client, embedded=True)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self._client.ping())
+
+    async def publish(self, events: Sequence[tuple[str, str, str]], retention: int) -> list[str]:
+        """XADD each (topic, event, data); a batch lands all together or not at all."""
+        if len(events) == 1:
+            topic, event, data = events[0]
+            raw = await self._client.xadd(
+                keys.stream_key(topic),
+                {"event": event, "data": data},
+                maxlen=retention,
+                approximate=True,
+            )
+            return [_text(raw)]
+        pipe = self._client.pipeline(transaction=True)
+        for topic, event, data in events:
+            pipe.xadd(
+                keys.stream_key(topic),
+                {"event": event, "data": data},
+                maxlen=retention,
+                approximate=True,
+            )
+        return [_text(raw) for raw in await pipe.execute()]
+
+    async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
+        """Each topic's newest position: live delivery starts after it."""
+        names = list(topics)
+        pipe = self._client.pipeline(transaction=False)
+        for topic in names:
+            pipe.xinfo_stream(keys.stream_key(topic))
+        replies = await pipe.execute(raise_on_error=False)
+        return {
+            topic: _stream_info(reply).last_generated_id
+            for topic, reply in zip(names, replies, strict=True)
+        }
+
+    async def replay_page(
+        self, topic: str, after: StreamId, until: StreamId, count: int
+    ) -> ReplayPage:
+        """Entries in (after, until] and, from the same instant, the stream's history bounds."""
+        key = keys.stream_key(topic)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xinfo_stream(key)
+        pipe.xrange(key, "(" + format_stream_id(after), format_stream_id(until), count=count)
+        info, entries = await pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception):
+            raise entries
+        return ReplayPage(_stream_info(info), entries)
+
+    def reader(self) -> StreamReader:
+        return StreamReader(self._new_reader_client, self._client)
+
+
+class StreamReader:
+    """A dedicated connection for XREAD BLOCK, which another connection can interrupt."""
+
+    def __init__(self, factory: ClientFactory, control: redis.Redis) -> None:
+        self._factory = factory
+        self._control = control
+        self._client: redis.Redis | None = None
+        self._client_id: int | None = None
+
+    async def read(
+        self, streams: dict[KeyT, StreamIdT], count: int, block_ms: int
+    ) -> XreadReply | None:
+        if self._client is None:
+            client = self._factory()
+            try:
+                self._client_id = int(await client.client_id())
+            except BaseException:
+                await client.aclose()
+                raise
+            self._client = client
+        reply: Any = await self._client.xread(streams, count=count, block=block_ms)
+        return reply or None
+
+    async def unblock(self) -> bool:
+        """End a read in progress early; False when none was blocked."""
+        if self._client_id is None:
+            return False
+        return bool(await self._control.client_unblock(self._client_id))
+
+    async def reset(self) -> None:
+        """Drop the connection after a failure; the next read opens a fresh one."""
+        client, self._client, self._client_id = self._client, None, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception as exc:
+                log.debug("closing a broken reader connection failed: %s", exc)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode()
+
+
+def _stream_info(reply: Any) -> StreamInfo:
+    if isinstance(reply, ResponseError):
+        return StreamInfo.missing()
+    if isinstance(reply, Exception):
+        raise reply
+    first = reply.get("first-entry")
+    return StreamInfo(
+        length=int(reply["length"]),
+        entries_added=int(reply.get("entries-added", reply["length"])),
+        first_id=stream_id_of(first[0]) if first else None,
+        last_generated_id=stream_id_of(reply["last-generated-id"]),
+        max_deleted_id=stream_id_of(reply.get("max-deleted-entry-id", b"0-0")),
+    )

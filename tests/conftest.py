@@ -1,0 +1,349 @@
+"""Fixtures: a private redis-server, a flush before each test, and real Herald processes.
+
+Async tests and fixtures run under pytest-asyncio; pyproject.toml sets
+`asyncio_mode = "auto"` and `asyncio_default_fixture_loop_scope = "function"` in
+`[tool.pytest.ini_options]`. Async fixtures here use `pytest_asyncio.fixture` and the
+integration module marks itself `asyncio`, so they also work in strict mode.
+
+Integration tests start their own `redis-server` on a free loopback port (never one
+that happens to be running) and the real service as a subprocess on another free port:
+
+    def test_something(herald):
+        app = herald(HERALD_HEARTBEAT_SECONDS="1")
+        httpx.get(f"{app.url}/healthz")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_START_TIMEOUT = 10.0
+HERALD_START_TIMEOUT = 20.0
+HERALD_STOP_TIMEOUT = 10.0
+SERVE = [sys.executable, "-m", "service", "serve"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: talks to a real redis-server and a real Herald process"
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Keep each phase's report on the item, so fixtures can print logs when a test failed.
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    setup = getattr(request.node, "report_setup", None)
+    return bool((report and report.failed) or (setup and setup.failed))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port_closed(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, wait up to `timeout` s, then SIGKILL; the return code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(5)
+
+
+def _tail(path: Path, limit: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "<no output file>"
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# --------------------------------------------------------------------------- redis
+
+
+@dataclass
+class RedisServer:
+    """A private `redis-server` process on 127.0.0.1."""
+
+    port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.directory / "redis-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until PING answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"redis-server exited with {self.proc.returncode}:\n{_tail(self.log_path)}"
+                )
+            if self.ping():
+                return
+            time.sleep(0.05)
+        self.kill()
+        pytest.fail(
+            f"redis-server did not answer PING within {REDIS_START_TIMEOUT} s:\n"
+            f"{_tail(self.log_path)}"
+        )
+
+    def command(self) -> list[str]:
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "dir": str(self.directory),
+        }
+        return ["redis-server", *(part for k, v in options.items() for part in (f"--{k}", v))]
+
+    def ping(self) -> bool:
+        """Whether the server answers PING (a raw RESP exchange, no client library)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM and wait (SIGKILL if it does not exit in `timeout` s)."""
+        if self.proc is not None:
+            _stop_process(self.proc, timeout)
+            self.proc = None
+            _wait_for_port_closed(self.port, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes as if the machine died."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session; `flushed_redis` isolates the tests."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not on PATH (apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; under CI=true this is a failure, not a skip")
+        pytest.skip(message)
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def flushed_redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, running and empty (FLUSHALL) at the start of the test."""
+    redis_server.start()  # a previous test may have stopped it
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as sock:
+        sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+    return redis_server
+
+
+@pytest_asyncio.fixture
+async def redis_client(flushed_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A redis.asyncio client (str answers) to the test's empty redis-server."""
+    client = aioredis.Redis.from_url(flushed_redis.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+# --------------------------------------------------------------------------- herald
+
+
+@dataclass
+class Herald:
+    """A running `python -m service serve` process."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return (
+            f"--- herald :{self.port} stdout ---\n{_tail(self.stdout_path)}\n"
+            f"--- herald :{self.port} stderr ---\n{_tail(self.stderr_path)}"
+        )
+
+    def terminate(self, timeout: float = HERALD_STOP_TIMEOUT) -> int:
+        """SIGTERM, wait up to `timeout` s, then SIGKILL; the return code."""
+        return _stop_process(self.proc, timeout)
+
+
+class HeraldLauncher:
+    """Starts Herald processes against one redis-server and stops them all at the end."""
+
+    def __init__(self, redis_url: str, directory: Path) -> None:
+        self.redis_url = redis_url
+        self.directory = directory
+        self.started: list[Herald] = []
+
+    def __call__(self, **env: str | int | float) -> Herald:
+        """Start Herald with `HERALD_REDIS_URL` and `env` (`HERALD_*` names); wait for /readyz."""
+        port = free_port()
+        extra = {name: str(value) for name, value in env.items()}
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        child_env |= {"HERALD_REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"} | extra
+        index = len(self.started)
+        stdout_path = self.directory / f"herald-{index}-{port}.stdout.log"
+        stderr_path = self.directory / f"herald-{index}-{port}.stderr.log"
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            proc = subprocess.Popen(
+                [*SERVE, "--host", "127.0.0.1", "--port", str(port)],
+                cwd=ROOT,
+                env=child_env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        herald = Herald(port, proc, extra, stdout_path, stderr_path)
+        self.started.append(herald)
+        self._wait_ready(herald)
+        return herald
+
+    @staticmethod
+    def _wait_ready(herald: Herald) -> None:
+        deadline = time.monotonic() + HERALD_START_TIMEOUT
+        last = "no answer"
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if herald.proc.poll() is not None:
+                    pytest.fail(
+                        f"Herald exited with {herald.proc.returncode} before it was ready\n"
+                        + herald.logs()
+                    )
+                try:
+                    answer = client.get(f"{herald.url}/readyz")
+                    if answer.status_code == 200:
+                        return
+                    last = f"{answer.status_code} {answer.text[:200]}"
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+                time.sleep(0.1)
+        herald.terminate()
+        pytest.fail(
+            f"Herald not ready within {HERALD_START_TIMEOUT} s (last /readyz: {last})\n"
+            + herald.logs()
+        )
+
+    def stop_all(self, show_logs: bool) -> None:
+        for herald in self.started:
+            herald.terminate()
+            if show_logs:
+                print(herald.logs())
+
+
+HeraldFactory = Callable[..., Herald]
+
+
+@pytest.fixture
+def herald(
+    request: pytest.FixtureRequest, flushed_redis: RedisServer, tmp_path: Path
+) -> Iterator[HeraldFactory]:
+    """Factory: `herald(HERALD_HEARTBEAT_SECONDS=1, ...)` starts a ready Herald process.
+
+    Every process started is stopped at teardown (SIGTERM, 10 s, SIGKILL); when the test
+    failed, their stdout and stderr are printed into the report.
+    """
+    launcher = HeraldLauncher(flushed_redis.url, tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all(show_logs=_test_failed(request))
+
+
+@pytest.fixture(scope="module")
+def shared_herald(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Herald]:
+    """One Herald with default settings for a module's tests that need nothing special.
+
+    Its logs are in the module's temp directory; tests using it still get `flushed_redis`.
+    """
+    redis_server.start()
+    launcher = HeraldLauncher(redis_server.url, tmp_path_factory.mktemp("herald"))
+    try:
+        yield launcher()
+    finally:
+        launcher.stop_all(show_logs=False)
+
+
+@pytest.fixture
+def default_herald(
+    request: pytest.FixtureRequest, shared_herald: Herald, flushed_redis: RedisServer
+) -> Iterator[Herald]:
+    """The module's shared Herald, checked alive, with an empty redis; logs on failure."""
+    if shared_herald.proc.poll() is not None:
+        pytest.fail(f"the shared Herald process died\n{shared_herald.logs()}")
+    yield shared_herald
+    if _test_failed(request):
+        print(shared_herald.logs())

@@ -1,0 +1,326 @@
+"""A small, spec-compliant Server-Sent Events parser and streaming client for tests.
+
+`SSEParser` follows the WHATWG HTML "event stream interpretation" algorithm exactly, so
+what the tests see is what a browser's `EventSource` would see:
+
+- the stream is UTF-8 (invalid bytes become U+FFFD), one BOM at the very start is dropped;
+- lines end in CRLF, LF or CR, also when a CR ends one chunk and its LF starts the next;
+- `field: value` loses ONE leading space of the value; a line starting with `:` is a comment;
+- `data` lines are joined with LF; an event whose data buffer is empty is not dispatched;
+- `id` values containing NUL are ignored; `retry` is used only when it is all ASCII digits;
+- an event still open when the stream ends is discarded.
+
+`SSEStream` wraps an `httpx.AsyncClient` streaming GET and reads it in the background,
+so comment (heartbeat) arrival times are real and waiting is always bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+__all__ = ["Comment", "Event", "SSEParser", "SSEStream", "parse"]
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a single wait on a stream may take unless a test says otherwise."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A dispatched event, as `EventSource` would hand it to a listener."""
+
+    id: str | None
+    """The last event id in force when the event was dispatched (`None`: never set)."""
+    event: str = "message"
+    data: str = ""
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+    """The comment line without its `:` and at most one following space."""
+    at: float
+    """`time.monotonic()` when the bytes holding it were read."""
+
+
+class SSEParser:
+    """Incremental event-stream parser: `feed(bytes)` returns the events completed so far."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._at_stream_start = True  # a BOM may still have to be dropped
+        self._pending = ""  # text of the current, not yet terminated line
+        self._skip_lf = False  # the last chunk ended in CR: an LF starting the next is its pair
+        self._data: list[str] = []
+        self._event_type = ""
+        self._last_event_id: str | None = None  # the spec's "last event ID buffer"
+        self._last_event_id_string: str | None = None  # and the EventSource's own copy
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self.events_before_retry: int | None = None
+        """How many events had been dispatched when a `retry` field was first seen."""
+        self.dispatched = 0
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id a reconnecting `EventSource` would send as `Last-Event-ID`."""
+        return self._last_event_id_string
+
+    def feed(self, data: bytes) -> list[Event]:
+        return self._feed_text(self._decoder.decode(data))
+
+    def close(self) -> list[Event]:
+        """End of stream: flush the decoder; an unterminated line or event is discarded."""
+        self._decoder.decode(b"", final=True)
+        self._pending = ""
+        self._data = []
+        self._event_type = ""
+        return []
+
+    def _feed_text(self, text: str) -> list[Event]:
+        if self._at_stream_start and text:
+            self._at_stream_start = False
+            if text.startswith("\ufeff"):
+                text = text[1:]
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text.startswith("\n"):
+                text = text[1:]
+        events: list[Event] = []
+        start = 0
+        length = len(text)
+        i = 0
+        while i < length:
+            char = text[i]
+            if char == "\r" or char == "\n":
+                line = self._pending + text[start:i]
+                self._pending = ""
+                if char == "\r":
+                    if i + 1 < length:
+                        if text[i + 1] == "\n":
+                            i += 1
+                    else:
+                        self._skip_lf = True
+                event = self._process_line(line)
+                if event is not None:
+                    events.append(event)
+                start = i + 1
+            i += 1
+        self._pending += text[start:]
+        return events
+
+    def _process_line(self, line: str) -> Event | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            comment = line[1:]
+            self.comments.append(comment[1:] if comment.startswith(" ") else comment)
+            return None
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event_type = value
+        elif field == "data":
+            self._data.append(value)
+        elif field == "id":
+            if "\0" not in value:
+                self._last_event_id = value
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
+            if self.events_before_retry is None:
+                self.events_before_retry = self.dispatched
+        return None
+
+    def _dispatch(self) -> Event | None:
+        self._last_event_id_string = self._last_event_id
+        data, event_type = self._data, self._event_type
+        self._data, self._event_type = [], ""
+        if not data:
+            return None
+        self.dispatched += 1
+        return Event(id=self._last_event_id, event=event_type or "message", data="\n".join(data))
+
+
+def parse(chunks: Iterable[bytes]) -> list[Event]:
+    """Every event a whole stream delivered in `chunks` dispatches."""
+    parser = SSEParser()
+    events: list[Event] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    parser.close()
+    return events
+
+
+class SSEStream:
+    """A streaming `GET` read in the background by an `SSEParser`.
+
+        async with SSEStream(client, f"{base}/events", params={"topic": "a"}) as stream:
+            assert stream.response.status_code == 200
+            event = await stream.next_event(timeout=5)
+
+    Every wait is bounded; a timeout raises `AssertionError` saying what was seen.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._params = params
+        self._headers = dict(headers or {})
+        # No read timeout on the socket: the stream may legitimately idle. Waits are
+        # bounded by `next_event`/`wait_closed` instead.
+        self._timeout = httpx.Timeout(connect_timeout, read=None)
+        self.parser = SSEParser()
+        self.events: list[Event] = []
+        """Every event dispatched so far, consumed or not."""
+        self.comments: list[Comment] = []
+        self.error: BaseException | None = None
+        """What ended the stream other than a clean EOF (e.g. a dropped connection)."""
+        self.opened_at = 0.0
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._closed = asyncio.Event()
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._reader: asyncio.Task[None] | None = None
+        self.response: httpx.Response
+
+    async def __aenter__(self) -> SSEStream:
+        request = self._client.stream(
+            "GET", self._url, params=self._params, headers=self._headers, timeout=self._timeout
+        )
+        try:
+            self.response = await asyncio.wait_for(
+                self._exit_stack.enter_async_context(request), DEFAULT_TIMEOUT * 2
+            )
+        except BaseException:
+            await self._exit_stack.aclose()
+            raise
+        self.opened_at = time.monotonic()
+        if self.response.status_code == 200:
+            self._reader = asyncio.create_task(self._read())
+        else:
+            await self.response.aread()
+            self._closed.set()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Disconnect (idempotent)."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._exit_stack.aclose()
+        self._closed.set()
+
+    async def _read(self) -> None:
+        try:
+            async for chunk in self.response.aiter_raw():
+                now = time.monotonic()
+                seen_comments = len(self.parser.comments)
+                for event in self.parser.feed(chunk):
+                    self.events.append(event)
+                    self._queue.put_nowait(event)
+                self.comments.extend(
+                    Comment(text, now) for text in self.parser.comments[seen_comments:]
+                )
+            self.parser.close()
+        except (httpx.HTTPError, OSError) as exc:
+            self.error = exc
+        finally:
+            self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        """The stream ended (EOF, error or `aclose`)."""
+        return self._closed.is_set()
+
+    @property
+    def last_id(self) -> str | None:
+        """What a reconnecting `EventSource` would send as `Last-Event-ID`."""
+        return self.parser.last_event_id
+
+    @property
+    def pending(self) -> int:
+        """Events received but not yet taken with `next_event`/`collect`."""
+        return self._queue.qsize()
+
+    def _describe(self) -> str:
+        state = "closed" if self.closed else "open"
+        last = self.events[-1] if self.events else None
+        return (
+            f"stream {self._url} params={self._params!r} is {state}, "
+            f"{len(self.events)} events received (last: {last!r}), "
+            f"{len(self.comments)} comments, error: {self.error!r}"
+        )
+
+    async def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> Event:  # noqa: ASYNC109
+        """The next event not yet taken; `AssertionError` after `timeout` s or at stream end."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        getter = asyncio.ensure_future(self._queue.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait(
+                {getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (getter, closed):
+                if not waiter.done():
+                    waiter.cancel()
+            await asyncio.gather(getter, closed, return_exceptions=True)
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if self.closed:
+            raise AssertionError(f"stream ended while waiting for an event: {self._describe()}")
+        raise AssertionError(f"no event within {timeout} s: {self._describe()}")
+
+    def take_pending(self) -> list[Event]:
+        """Every event received but not yet taken, without waiting."""
+        return [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+
+    async def collect(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[Event]:  # noqa: ASYNC109
+        """The next `n` events, all within `timeout` seconds in total."""
+        deadline = time.monotonic() + timeout
+        events: list[Event] = []
+        for _ in range(n):
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                events.append(await self.next_event(remaining))
+            except AssertionError as exc:
+                raise AssertionError(f"got {len(events)} of {n} events: {exc}") from None
+        return events
+
+    async def expect_silence(self, seconds: float) -> None:
+        """Assert that no event arrives for `seconds`."""
+        await asyncio.sleep(seconds)
+        extra = self.take_pending()
+        if extra:
+            raise AssertionError(f"unexpected events: {extra!r}")
+
+    async def wait_closed(self, timeout: float = DEFAULT_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Wait for the server to end the stream; `AssertionError` if it does not in time."""
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"stream not ended within {timeout} s: {self._describe()}"
+            ) from None

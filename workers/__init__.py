@@ -1,0 +1,1 @@
+"""Producer workers that publish into Herald (stock ticks, log lines, online counts, demos)."""
