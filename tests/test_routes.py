@@ -1,0 +1,157 @@
+"""The HTTP contract at the edge: publish answers, and a status plus JSON `detail` for bad input."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.keys import stream_key
+from service.settings import Settings
+
+
+def make_client(**overrides: object) -> TestClient:
+    return TestClient(create_app(Settings(**overrides)))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with make_client(max_event_bytes=1024, max_body_bytes=4096, max_batch=5) as c:
+        yield c
+
+
+def stream(client: TestClient, topic: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    store = client.app.state.herald.store  # type: ignore[attr-defined]
+    return client.portal.call(store._client.xrange, stream_key(topic))  # type: ignore[union-attr]
+
+
+def test_publish_answers_the_stream_entry_id(client: TestClient) -> None:
+    answer = client.post(
+        "/publish", json={"topic": "stocks.AAPL", "event": "tick", "data": {"p": 1.5}}
+    )
+    assert answer.status_code == 200
+    ((raw_id, fields),) = stream(client, "stocks.AAPL")
+    assert answer.json() == {"topic": "stocks.AAPL", "id": raw_id.decode()}
+    assert fields == {b"event": b"tick", b"data": b'{"p":1.5}'}
+
+
+def test_string_data_is_stored_verbatim_with_line_breaks_normalised(client: TestClient) -> None:
+    client.post("/publish", json={"topic": "t", "data": "a\r\nb\rc\nd é"})
+    ((_, fields),) = stream(client, "t")
+    assert fields == {b"event": b"message", b"data": "a\nb\nc\nd é".encode()}
+
+
+def test_batch_answers_ids_in_order(client: TestClient) -> None:
+    body = [{"topic": "a", "data": 1}, {"topic": "b", "data": 2}, {"topic": "a", "data": 3}]
+    answer = client.post("/publish", json=body)
+    assert answer.status_code == 200
+    assert [a["topic"] for a in answer.json()] == ["a", "b", "a"]
+    assert [i.decode() for i, _ in stream(client, "a")] == [
+        answer.json()[0]["id"],
+        answer.json()[2]["id"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"topic": "t", "data": NaN}',
+        b'{"topic": "t", "data": 1e999}',
+        b'{"data": 1}',
+        b'{"topic": "bad topic!"}',
+        b'{"topic": "-dash"}',
+        b'{"topic": "' + b"x" * 129 + b'"}',
+        b'{"topic": "t", "event": "1abc"}',
+        b'{"topic": "t", "event": "has space"}',
+        b'{"topic": "t", "event": "a\\nb"}',
+        b'{"topic": "t", "event": "herald.trimmed"}',
+        b'{"topic": "t", "unknown": 1}',
+        b"[]",
+        b'"just a string"',
+        b'{"topic": "t", "data": "\xff\xfe"}',
+    ],
+)
+def test_invalid_bodies_get_422_with_detail_and_publish_nothing(
+    client: TestClient, body: bytes
+) -> None:
+    answer = client.post("/publish", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"]
+    assert stream(client, "t") == []
+
+
+def test_an_event_over_the_size_limit_gets_413(client: TestClient) -> None:
+    answer = client.post("/publish", json={"topic": "t", "data": "x" * 1025})
+    assert answer.status_code == 413
+    assert "1025 bytes" in answer.json()["detail"]
+
+
+def test_a_batch_with_one_oversized_event_publishes_none_of_it(client: TestClient) -> None:
+    answer = client.post(
+        "/publish", json=[{"topic": "t", "data": "ok"}, {"topic": "t", "data": "x" * 2000}]
+    )
+    assert answer.status_code == 413
+    assert "event 1" in answer.json()["detail"]
+    assert stream(client, "t") == []
+
+
+def test_a_body_over_the_limit_gets_413(client: TestClient) -> None:
+    answer = client.post("/publish", content=b"[" + b" " * 5000 + b"]")
+    assert answer.status_code == 413
+    assert "limit" in answer.json()["detail"]
+
+
+def test_too_many_events_in_a_batch_gets_413(client: TestClient) -> None:
+    answer = client.post("/publish", json=[{"topic": "t", "data": i} for i in range(6)])
+    assert answer.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "status"),
+    [
+        ("", {}, 422),
+        ("?topic=bad%20topic", {}, 422),
+        ("?" + "&".join(f"topic=t{i}" for i in range(33)), {}, 400),
+        ("?topic=a", {"Last-Event-ID": "abc"}, 400),
+        ("?topic=a", {"Last-Event-ID": "1-2-3"}, 400),
+        ("?topic=a&lastEventId=nope", {}, 400),
+        ("?topic=a&topic=b", {"Last-Event-ID": "1732200000000-0"}, 400),
+    ],
+)
+def test_bad_subscriptions_get_their_status_and_detail(
+    client: TestClient, query: str, headers: dict[str, str], status: int
+) -> None:
+    answer = client.get("/events" + query, headers=headers)
+    assert answer.status_code == status
+    assert answer.json()["detail"]
+
+
+def test_operations_endpoints_answer(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True
+    client.post("/publish", json={"topic": "t"})
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "herald_published_events_total 1.0" in metrics.text
+    assert "EventSource" in client.get("/").text
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_redis_unreachable_gets_503_with_retry_after_and_readyz_fails() -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    with make_client(redis_url=url, redis_timeout_seconds=1) as client:
+        answer = client.post("/publish", json={"topic": "t", "data": 1})
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert "Redis" in answer.json()["detail"]
+        assert client.get("/events?topic=t").status_code == 503
+        assert client.get("/readyz").status_code == 503
