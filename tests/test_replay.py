@@ -81,7 +81,7 @@ async def test_replay_stops_at_the_hub_position_where_live_delivery_takes_over(
 
 async def test_replay_of_several_topics_is_merged_in_id_order(store: Store) -> None:
     published = []
-    for i in range(6):
+    for _ in range(6):
         for topic in ("a", "b"):
             (sid,) = await publish(store, topic, 1)
             published.append((sid, topic))
