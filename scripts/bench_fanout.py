@@ -135,13 +135,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--publish", choices=["batch", "one-by-one"], default="one-by-one",
+        "--publish",
+        choices=["batch", "one-by-one"],
+        default="one-by-one",
         help="one POST with all events, or one POST per event back to back",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     redis_server = shutil.which("redis-server")
     if redis_server is None:
@@ -150,12 +152,24 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     redis_port, herald_port = free_port(), free_port()
     redis_proc = subprocess.Popen(
-        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+        [
+            redis_server,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
     )
-    env = dict(os.environ, HERALD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-               HERALD_LOG_LEVEL="warning")
+    env = dict(
+        os.environ, HERALD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", HERALD_LOG_LEVEL="warning"
+    )
     herald = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(herald_port)],
         env=env,
@@ -167,21 +181,27 @@ def main() -> None:
         run = uvloop.run if uvloop else asyncio.run
         for n in args.subscribers:
             rounds = [
-                run(run_round(
-                    herald_port, n, args.events, f"bench.{n}.{r}", args.publish == "one-by-one"
-                ))
+                run(
+                    run_round(
+                        herald_port, n, args.events, f"bench.{n}.{r}", args.publish == "one-by-one"
+                    )
+                )
                 for r in range(args.rounds)
             ]
             best = max(rounds, key=lambda r: r["deliveries_per_s"])
-            results.append({
-                "publish": args.publish,
-                "subscribers": n,
-                "events": args.events,
-                "deliveries_per_s_median": statistics.median(r["deliveries_per_s"] for r in rounds),
-                "deliveries_per_s_best": best["deliveries_per_s"],
-                "burst_seconds_median": statistics.median(r["elapsed_s"] for r in rounds),
-                "client_cpu_share": statistics.median(r["client_cpu_share"] for r in rounds),
-            })
+            results.append(
+                {
+                    "publish": args.publish,
+                    "subscribers": n,
+                    "events": args.events,
+                    "deliveries_per_s_median": statistics.median(
+                        r["deliveries_per_s"] for r in rounds
+                    ),
+                    "deliveries_per_s_best": best["deliveries_per_s"],
+                    "burst_seconds_median": statistics.median(r["elapsed_s"] for r in rounds),
+                    "client_cpu_share": statistics.median(r["client_cpu_share"] for r in rounds),
+                }
+            )
     finally:
         herald.terminate()
         herald.wait(15)
@@ -189,12 +209,16 @@ def main() -> None:
         redis_proc.wait(5)
 
     print(f"publish: {args.publish}")
-    print(f"{'subscribers':>11} {'events':>6} {'deliveries/s (median)':>22} "
-          f"{'best':>10} {'burst s':>8} {'client CPU':>10}")
+    print(
+        f"{'subscribers':>11} {'events':>6} {'deliveries/s (median)':>22} "
+        f"{'best':>10} {'burst s':>8} {'client CPU':>10}"
+    )
     for r in results:
-        print(f"{r['subscribers']:>11} {r['events']:>6} {r['deliveries_per_s_median']:>22,.0f} "
-              f"{r['deliveries_per_s_best']:>10,.0f} {r['burst_seconds_median']:>8.3f} "
-              f"{r['client_cpu_share']:>10.0%}")
+        print(
+            f"{r['subscribers']:>11} {r['events']:>6} {r['deliveries_per_s_median']:>22,.0f} "
+            f"{r['deliveries_per_s_best']:>10,.0f} {r['burst_seconds_median']:>8.3f} "
+            f"{r['client_cpu_share']:>10.0%}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

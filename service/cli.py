@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,9 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.exit(2, f"herald: invalid settings:\n{exc}\n")
     if settings.redis_url is None and settings.workers > 1:
         parser.exit(2, "herald: --workers > 1 needs HERALD_REDIS_URL (workers share Redis)\n")
+    # uvicorn re-raises the signal that stopped it; after a graceful stop, exit 0.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: sys.exit(0))
     uvicorn.run(
         "service.app:create_app",
         factory=True,

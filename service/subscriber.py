@@ -18,7 +18,7 @@ class Subscriber:
     ends, and the client resumes from its Last-Event-ID, replaying from Redis.
     """
 
-    __slots__ = ("_count", "_limit", "_pending", "_waiter", "overflowed")
+    __slots__ = ("_count", "_limit", "_pending", "_waiter", "ended", "overflowed")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -26,6 +26,7 @@ class Subscriber:
         self._count = 0
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
+        self.ended = False
 
     def push(self, topic: str, frames: list[Frame]) -> None:
         if self.overflowed:
@@ -35,13 +36,21 @@ class Subscriber:
         if self._count > self._limit:
             self.overflowed = True
             self._pending = []
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def set(self) -> None:
+        """End the stream (server shutdown); named so it can serve as a shutdown event."""
+        self.ended = True
+        self._wake()
+
     async def wait(self, idle_seconds: float) -> bool:
-        """Wait until frames are pending or the buffer overflowed; False on timeout."""
-        if self._pending or self.overflowed:
+        """Wait until frames are pending, or the stream must end; False on timeout."""
+        if self._pending or self.overflowed or self.ended:
             return True
         waiter = asyncio.get_running_loop().create_future()
         self._waiter = waiter

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -22,6 +23,7 @@ from service.cursor import (
 )
 from service.errors import REDIS_DOWN, BadRequest
 from service.replay import replay
+from service.settings import Settings
 from service.sse import Frame
 from service.subscriber import Subscriber
 
@@ -65,7 +67,8 @@ async def open_subscription(
     return _StreamResponse(
         _events(ctx, subscriber, names, start, live_from),
         on_close=lambda: ctx.hub.unsubscribe(subscriber, names),
-        send_timeout=ctx.settings.send_timeout_seconds,
+        on_shutdown=subscriber,
+        settings=ctx.settings,
     )
 
 
@@ -111,6 +114,8 @@ async def _live(
         if not await subscriber.wait(heartbeat):
             yield HEARTBEAT
             continue
+        if subscriber.ended:
+            return
         if subscriber.overflowed:
             ctx.metrics.overflows.inc()
             log.info(
@@ -139,13 +144,22 @@ class _StreamResponse(EventSourceResponse):
     """sse-starlette's response with Herald's headers and a hub unsubscribe that always runs."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], on_close: Callable[[], None], send_timeout: float
+        self,
+        content: AsyncIterator[bytes],
+        on_close: Callable[[], None],
+        on_shutdown: Subscriber,
+        settings: Settings,
     ) -> None:
+        send_timeout = settings.send_timeout_seconds
         super().__init__(
             content,
             headers={"Cache-Control": "no-cache"},
             ping=0,
             send_timeout=send_timeout,
+            # On SIGTERM sse-starlette calls `on_shutdown.set()`: the live loop ends the
+            # stream properly, and only a stream still replaying is cut off after the grace.
+            shutdown_event=cast(anyio.Event, on_shutdown),
+            shutdown_grace_period=settings.shutdown_timeout_seconds / 2,
         )
         # sse-starlette always adds it; HTTP/2 forbids connection-specific headers.
         del self.headers["connection"]
