@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 StreamId = tuple[int, int]
 
@@ -96,13 +96,6 @@ def parse_position(topics: Sequence[str], text: str) -> dict[str, StreamId]:
     if len(topics) == 1:
         return {topics[0]: parse_stream_id(text)}
     return dict(zip(topics, decode_cursor(topic_tag(topics), len(topics), text), strict=True))
-
-
-def position_text(topics: Sequence[str], positions: Mapping[str, StreamId]) -> str:
-    """The Last-Event-ID that stands for `positions` in a subscription to `topics`."""
-    if len(topics) == 1:
-        return format_stream_id(positions[topics[0]])
-    return encode_cursor(topic_tag(topics), [positions[t] for t in topics])
 
 
 def _b36(n: int) -> str:

@@ -9,8 +9,3 @@ _STREAM_PREFIX_BYTES = STREAM_PREFIX.encode()
 def stream_key(topic: str) -> bytes:
     """The stream that holds a topic's events."""
     return _STREAM_PREFIX_BYTES + topic.encode()
-
-
-def topic_of(key: bytes) -> str:
-    """The topic a stream key belongs to."""
-    return key[len(_STREAM_PREFIX_BYTES) :].decode()
