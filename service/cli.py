@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
+# Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
+import service.shutdown  # noqa: F401
 from service.settings import Settings
 
 ENV_PREFIX = "HERALD_"

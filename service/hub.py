@@ -2,33 +2,37 @@
 
 Redis work does not grow with subscribers: each topic is read by exactly one reader
 loop (one XREAD BLOCK connection per `reader_chunk` topics), every entry is encoded
-to SSE bytes once, and the same frames are pushed to every subscriber's buffer.
+to SSE bytes once, and the same bytes are written to every subscriber's stream.
+The hub also sends the heartbeats and ends every stream when the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
 
 from redis.typing import KeyT, StreamIdT
 
-from service import keys
+from service import keys, shutdown
 from service.cursor import StreamId, format_stream_id
 from service.errors import REDIS_DOWN
 from service.metrics import Metrics
 from service.settings import Settings
 from service.sse import Frame, encode_entry
 from service.store import Store, StreamReader, XreadReply
-from service.subscriber import Subscriber
+from service.subscriber import Ended, Subscriber
 
 log = logging.getLogger("herald")
 
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
+# Deliveries between two yields to the event loop: a broadcast to thousands of
+# streams must not hold up publishes, whose entries the next read then takes together.
+_DELIVERIES_PER_SLICE = 256
+# How often the hub checks for a shutdown; heartbeats go out every few ticks.
+_TICK_SECONDS = 0.5
 
 
 class Topic:
@@ -52,21 +56,31 @@ class Hub:
         self._metrics = metrics
         self._topics: dict[str, Topic] = {}
         self._readers: list[Reader] = []
+        self._subscribers: set[Subscriber] = set()
         self._join_lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            await _cancel(self._ticker)
         for reader in self._readers:
             await reader.stop()
         self._readers.clear()
+
+    def end_all(self, why: Ended) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.end(why)
 
     @property
     def healthy(self) -> bool:
         """Every reader loop is running and its last read reached Redis."""
         return all(reader.healthy for reader in self._readers)
 
-    async def subscribe(self, subscriber: Subscriber, names: Iterable[str]) -> dict[str, StreamId]:
+    async def subscribe(self, subscriber: Subscriber) -> dict[str, StreamId]:
         """Register `subscriber`; it gets every entry after the returned positions."""
-        names = list(names)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="herald-ticker")
+        names = subscriber.topics
         if any(name not in self._topics for name in names):
             async with self._join_lock:
                 missing = [name for name in names if name not in self._topics]
@@ -79,11 +93,15 @@ class Hub:
             topic = self._topics[name]
             topic.subscribers.add(subscriber)
             starts[name] = topic.position
+        self._subscribers.add(subscriber)
         self._metrics.subscribers.inc()
         return starts
 
-    def unsubscribe(self, subscriber: Subscriber, names: Iterable[str]) -> None:
-        for name in names:
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber not in self._subscribers:
+            return
+        self._subscribers.discard(subscriber)
+        for name in subscriber.topics:
             topic = self._topics.get(name)
             if topic is None:
                 continue
@@ -93,6 +111,19 @@ class Hub:
                 topic.reader.remove(topic)
         self._metrics.subscribers.dec()
         self._metrics.topics.set(len(self._topics))
+
+    async def _tick(self) -> None:
+        heartbeat_ticks = max(1, round(self._settings.heartbeat_seconds / 2 / _TICK_SECONDS))
+        ticks = 0
+        while True:
+            await asyncio.sleep(min(_TICK_SECONDS, self._settings.heartbeat_seconds / 2))
+            if shutdown.requested():
+                self.end_all(Ended.SHUTDOWN)
+            ticks += 1
+            if ticks % heartbeat_ticks == 0:
+                # Half the interval apart: no stream stays silent for a whole interval.
+                for subscriber in self._subscribers:
+                    subscriber.heartbeat()
 
     def _add_topic(self, name: str, position: StreamId) -> None:
         reader = next(
@@ -141,9 +172,7 @@ class Reader:
     async def stop(self) -> None:
         for task in (self._waking, self._task):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         await self._conn.reset()
 
     async def _wake(self) -> None:
@@ -185,7 +214,7 @@ class Reader:
                 self._failing_since = None
             backoff = _BACKOFF_FIRST
             if reply:
-                self._dispatch(reply)
+                await self._dispatch(reply)
 
     async def _failed(self, exc: Exception, backoff: float) -> None:
         if self._failing_since is None:
@@ -196,7 +225,7 @@ class Reader:
         # Jitter spreads the reconnects of many replicas after a Redis restart.
         await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
 
-    def _dispatch(self, reply: XreadReply) -> None:
+    async def _dispatch(self, reply: XreadReply) -> None:
         delivered = 0
         for key, entries in reply:
             topic = self.topics.get(key)
@@ -211,10 +240,27 @@ class Reader:
                     position = frame.sid
             if not frames:
                 continue
+            # Moved before delivering: a subscriber that joins while this batch is
+            # being delivered starts after it (and replays it if it resumes).
             topic.position = position
             topic.position_id = entries[-1][0]
-            for subscriber in topic.subscribers:
-                subscriber.push(topic.name, frames)
-            delivered += len(frames) * len(topic.subscribers)
             self._metrics.entries_read.inc(len(frames))
+            joined = b"".join([f.data for f in frames])
+            subscribers = list(topic.subscribers)
+            for start in range(0, len(subscribers), _DELIVERIES_PER_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for subscriber in subscribers[start : start + _DELIVERIES_PER_SLICE]:
+                    subscriber.push(topic.name, frames, joined)
+            delivered += len(frames) * len(subscribers)
         self._metrics.deliveries.inc(delivered)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    # Python 3.11's wait_for swallows a cancellation that races its result (fakeredis
+    # waits that way), so one cancel() may not stop a read.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("hub task ended with %r", task.exception())

@@ -8,13 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from service import context, publishing
 from service.errors import REDIS_DOWN
 from service.metrics import CONTENT_TYPE
 from service.models import Published, Topic
-from service.subscription import open_subscription
+from service.subscription import SubscriptionStream, open_subscription
 
 router = APIRouter()
 
@@ -51,7 +50,7 @@ async def publish(request: Request) -> Any:
 @router.get(
     "/events",
     summary="Subscribe to topics over Server-Sent Events",
-    response_class=EventSourceResponse,
+    response_class=SubscriptionStream,
     responses={400: _ERROR, 422: _ERROR, 503: _ERROR},
 )
 async def events(

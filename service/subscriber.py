@@ -1,67 +1,189 @@
-"""One subscriber's bounded buffer between the hub and its HTTP stream."""
+"""One subscriber: how the hub's frames reach its HTTP stream, in order and bounded."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+from collections.abc import Awaitable
 
+from starlette.types import Message, Send
+
+from service import sse
+from service.cursor import StreamId, encode_cursor, topic_tag
+from service.send_now import send_now
 from service.sse import Frame
+
+HEARTBEAT = sse.comment("heartbeat")
 
 Batch = tuple[str, list[Frame]]
 """Frames of one topic, in stream order, as the hub hands them over."""
 
 
-class Subscriber:
-    """Holds frames the hub pushed until the stream writes them, all at once.
+class Ended(enum.Enum):
+    """Why a stream ends."""
 
-    The hub never waits on a subscriber: `push` is synchronous. A subscriber whose
-    buffer passes its limit is marked overflowed and gets nothing more; its stream
-    ends, and the client resumes from its Last-Event-ID, replaying from Redis.
+    DISCONNECTED = "the client went away"
+    OVERFLOW = "the client fell too far behind"
+    STUCK = "the client stopped reading"
+    SHUTDOWN = "the server is shutting down"
+    UNAVAILABLE = "Redis is unreachable"
+
+
+class Framer:
+    """Writes frames with the id the client resumes from, and tracks its positions."""
+
+    def __init__(self, topics: tuple[str, ...], positions: dict[str, StreamId]) -> None:
+        self.topics = topics
+        self.positions = positions
+        self.multi = len(topics) > 1
+        self._tag = topic_tag(topics)
+
+    def write(self, topic: str, frame: Frame) -> bytes:
+        self.positions[topic] = frame.sid
+        if not self.multi:
+            return frame.data
+        cursor = encode_cursor(self._tag, [self.positions[t] for t in self.topics])
+        return b"id: " + cursor.encode() + b"\n" + frame.body
+
+
+def body_message(data: bytes) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+class Subscriber:
+    """Takes the hub's frames for one stream and writes them, never making the hub wait.
+
+    Until the stream has replayed what the client missed, frames wait in a backlog.
+    Live, `push` writes straight to the stream (see `send_now`). While a write is held
+    up by a slow client, later frames queue behind it; past `limit` queued events the
+    stream ends with `Ended.OVERFLOW`, so the client resumes from its Last-Event-ID
+    and replays from Redis instead of being silently skipped.
     """
 
-    __slots__ = ("_count", "_limit", "_pending", "_waiter", "ended", "overflowed")
+    __slots__ = (
+        "_backlog",
+        "_floors",
+        "_flusher",
+        "_framer",
+        "_limit",
+        "_pending",
+        "_queued",
+        "_send",
+        "_send_timeout",
+        "closed",
+        "topics",
+        "wrote",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, topics: tuple[str, ...], limit: int, send_timeout: float) -> None:
+        self.topics = topics
         self._limit = limit
-        self._pending: list[Batch] = []
-        self._count = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self.overflowed = False
-        self.ended = False
+        self._send_timeout = send_timeout
+        self._backlog: list[Batch] = []
+        self._queued: list[bytes] = []
+        self._pending = 0
+        self._send: Send | None = None
+        self._framer: Framer | None = None
+        self._floors: dict[str, StreamId] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self.wrote = False
+        self.closed: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
 
-    def push(self, topic: str, frames: list[Frame]) -> None:
-        if self.overflowed:
+    def push(self, topic: str, frames: list[Frame], joined: bytes) -> None:
+        """Deliver `frames` of `topic`; `joined` is all their `data`, shared by subscribers."""
+        if self.closed.done():
             return
-        self._pending.append((topic, frames))
-        self._count += len(frames)
-        if self._count > self._limit:
-            self.overflowed = True
-            self._pending = []
-        self._wake()
+        if self._send is None:
+            self._backlog.append((topic, frames))
+            self._count(len(frames))
+            return
+        data = self._encode(topic, frames, joined)
+        if data:
+            self._write(data, len(frames))
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def heartbeat(self) -> None:
+        """Send a comment unless something was written since the last call."""
+        if self.wrote:
+            self.wrote = False
+        elif self._send is not None and self._flusher is None and not self.closed.done():
+            self._write(HEARTBEAT, 0)
 
-    def set(self) -> None:
-        """End the stream (server shutdown); named so it can serve as a shutdown event."""
-        self.ended = True
-        self._wake()
+    def end(self, why: Ended) -> None:
+        if not self.closed.done():
+            self.closed.set_result(why)
+            self._backlog = []
+            self._queued = []
 
-    async def wait(self, idle_seconds: float) -> bool:
-        """Wait until frames are pending, or the stream must end; False on timeout."""
-        if self._pending or self.overflowed or self.ended:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
+    def go_live(self, send: Send, framer: Framer, floors: dict[str, StreamId]) -> None:
+        """Write the backlog, then every frame as it comes; `floors` drop what replay sent."""
+        self._send = send
+        self._framer = framer
+        self._floors = floors
+        backlog, self._backlog, self._pending = self._backlog, [], 0
+        parts = [self._encode(topic, frames, None) for topic, frames in backlog]
+        data = b"".join(parts)
+        if data:
+            self._write(data, sum(len(frames) for _, frames in backlog))
+
+    async def stop_writing(self) -> None:
+        """Abandon a write held up by the client, so the stream can be finished."""
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    def _count(self, events: int) -> None:
+        self._pending += events
+        if self._pending > self._limit:
+            self.end(Ended.OVERFLOW)
+
+    def _encode(self, topic: str, frames: list[Frame], joined: bytes | None) -> bytes:
+        floor = self._floors.get(topic)
+        if floor is not None:
+            kept = [f for f in frames if f.sid > floor]
+            if kept:
+                del self._floors[topic]
+            if len(kept) != len(frames):
+                frames, joined = kept, None
+        assert self._framer is not None
+        if self._framer.multi:
+            return b"".join([self._framer.write(topic, f) for f in frames])
+        if joined is None:
+            joined = b"".join([f.data for f in frames])
+        return joined
+
+    def _write(self, data: bytes, events: int) -> None:
+        self.wrote = True
+        if self._flusher is not None:
+            self._queued.append(data)
+            self._count(events)
+            return
+        assert self._send is not None
         try:
-            await asyncio.wait_for(waiter, idle_seconds)
-        except TimeoutError:
-            return False
-        finally:
-            self._waiter = None
-        return True
+            rest = send_now(self._send, body_message(data))
+        except Exception:
+            # The server refused the write: the connection is gone.
+            self.end(Ended.DISCONNECTED)
+            return
+        if rest is not None:
+            self._flusher = asyncio.ensure_future(self._flush(rest))
 
-    def take(self) -> list[Batch]:
-        pending, self._pending, self._count = self._pending, [], 0
-        return pending
+    async def _flush(self, rest: Awaitable[None]) -> None:
+        """Finish the held-up write, then write what queued behind it, one chunk a time."""
+        assert self._send is not None
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await rest
+            while self._queued:
+                data = b"".join(self._queued)
+                self._queued, self._pending = [], 0
+                async with asyncio.timeout(self._send_timeout):
+                    await self._send(body_message(data))
+        except TimeoutError:
+            self.end(Ended.STUCK)
+        except Exception:
+            self.end(Ended.DISCONNECTED)
+        finally:
+            self._flusher = None

@@ -1,4 +1,4 @@
-"""The hub: one reader per process, entries encoded once, fanned out to every subscriber."""
+"""The hub: one reader per process, entries encoded once, written to every subscriber."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from starlette.types import Message
 
 from service.hub import Hub
 from service.keys import stream_key
 from service.metrics import Metrics
 from service.settings import Settings
-from service.sse import Frame
 from service.store import Store
-from service.subscriber import Subscriber
+from service.subscriber import Ended, Framer, Subscriber
+from tests.sse import Event, parse
 
 
 @pytest.fixture
@@ -32,31 +33,46 @@ async def xadd(store: Store, topic: str, data: str, event: str = "message") -> s
     return raw
 
 
-async def frames_of(subscriber: Subscriber, count: int) -> list[tuple[str, Frame]]:
-    got: list[tuple[str, Frame]] = []
-    async with asyncio.timeout(5):
-        while len(got) < count:
-            assert await subscriber.wait(5)
-            got.extend((topic, f) for topic, batch in subscriber.take() for f in batch)
-    return got
+class Stream:
+    """A live subscriber writing into a list, as an ASGI server's `send` would."""
+
+    def __init__(self, topics: list[str]) -> None:
+        self.subscriber = Subscriber(tuple(sorted(topics)), limit=100, send_timeout=5)
+        self.chunks: list[bytes] = []
+        self._arrived = asyncio.Event()
+
+    async def join(self, hub: Hub) -> dict[str, tuple[int, int]]:
+        start = await hub.subscribe(self.subscriber)
+        framer = Framer(self.subscriber.topics, dict(start))
+        self.subscriber.go_live(self._send, framer, {})
+        return start
+
+    async def _send(self, message: Message) -> None:
+        self.chunks.append(message["body"])
+        self._arrived.set()
+
+    async def events(self, count: int) -> list[Event]:
+        async with asyncio.timeout(5):
+            while len(got := parse(self.chunks)) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return got
 
 
-async def test_every_subscriber_gets_the_same_frames_encoded_once(
+async def test_every_subscriber_gets_the_same_bytes_encoded_once(
     hub_and_store: tuple[Hub, Store],
 ) -> None:
     hub, store = hub_and_store
-    first, second = Subscriber(100), Subscriber(100)
-    await hub.subscribe(first, ["prices"])
-    await hub.subscribe(second, ["prices"])
+    first, second = Stream(["prices"]), Stream(["prices"])
+    await first.join(hub)
+    await second.join(hub)
     ids = [await xadd(store, "prices", str(i), "tick") for i in range(3)]
 
-    got_first = await frames_of(first, 3)
-    got_second = await frames_of(second, 3)
+    got = await first.events(3)
+    await second.events(3)
 
-    assert [f.data for _, f in got_first] == [
-        f"id: {i}\nevent: tick\ndata: {n}\n\n".encode() for n, i in enumerate(ids)
-    ]
-    assert all(a is b for (_, a), (_, b) in zip(got_first, got_second, strict=True))
+    assert got == [Event(i, "tick", str(n)) for n, i in enumerate(ids)]
+    assert all(a is b for a, b in zip(first.chunks, second.chunks, strict=True))
 
 
 async def test_live_subscription_starts_after_the_newest_entry(
@@ -64,28 +80,27 @@ async def test_live_subscription_starts_after_the_newest_entry(
 ) -> None:
     hub, store = hub_and_store
     old = await xadd(store, "news", "old")
-    subscriber = Subscriber(100)
-    start = await hub.subscribe(subscriber, ["news"])
+    stream = Stream(["news"])
+    start = await stream.join(hub)
     new = await xadd(store, "news", "new")
 
-    (got,) = await frames_of(subscriber, 1)
+    assert await stream.events(1) == [Event(new, "message", "new")]
     assert start["news"] == tuple(map(int, old.split("-")))
-    assert got[1].data.startswith(f"id: {new}\n".encode())
 
 
 async def test_entries_producers_xadd_directly_are_delivered(
     hub_and_store: tuple[Hub, Store],
 ) -> None:
     hub, store = hub_and_store
-    subscriber = Subscriber(100)
-    await hub.subscribe(subscriber, ["logs.app"])
+    stream = Stream(["logs.app"])
+    await stream.join(hub)
     client = store._client
     await client.xadd(stream_key("logs.app"), {"event": "log", "data": "a\r\nb"})
     await client.xadd(stream_key("logs.app"), {"event": "bad\nname", "data": "c"})
 
-    (_, one), (_, two) = await frames_of(subscriber, 2)
-    assert one.body == b"event: log\ndata: a\ndata: b\n\n"
-    assert two.body == b"event: message\ndata: c\n\n"
+    one, two = await stream.events(2)
+    assert (one.event, one.data) == ("log", "a\nb")
+    assert (two.event, two.data) == ("message", "c")
 
 
 @pytest.mark.parametrize("hub_and_store", [{"reader_block_ms": 60_000}], indirect=True)
@@ -93,14 +108,14 @@ async def test_a_new_topic_joins_a_blocked_reader_without_waiting_for_its_block_
     hub_and_store: tuple[Hub, Store],
 ) -> None:
     hub, store = hub_and_store
-    await hub.subscribe(Subscriber(100), ["quiet"])
+    await Stream(["quiet"]).join(hub)
     await asyncio.sleep(0.2)  # the reader is now blocked for a minute on "quiet"
-    late = Subscriber(100)
-    await hub.subscribe(late, ["busy"])
+    late = Stream(["busy"])
+    await late.join(hub)
     await xadd(store, "busy", "hello")
 
-    (got,) = await frames_of(late, 1)  # fails after 5 s, long before the block ends
-    assert got[0] == "busy"
+    (got,) = await late.events(1)  # fails after 5 s, long before the block ends
+    assert got.data == "hello"
 
 
 @pytest.mark.parametrize("hub_and_store", [{"reader_chunk": 2}], indirect=True)
@@ -108,14 +123,14 @@ async def test_topics_beyond_a_chunk_are_read_by_another_reader(
     hub_and_store: tuple[Hub, Store],
 ) -> None:
     hub, store = hub_and_store
-    subscriber = Subscriber(100)
     topics = [f"t{i}" for i in range(5)]
-    await hub.subscribe(subscriber, topics)
+    stream = Stream(topics)
+    await stream.join(hub)
     for topic in topics:
         await xadd(store, topic, topic)
 
-    got = await frames_of(subscriber, 5)
-    assert sorted(topic for topic, _ in got) == topics
+    got = await stream.events(5)
+    assert sorted(event.data for event in got) == topics
     assert len(hub._readers) == 3
 
 
@@ -123,18 +138,61 @@ async def test_a_topic_nobody_follows_any_more_is_dropped(
     hub_and_store: tuple[Hub, Store],
 ) -> None:
     hub, _ = hub_and_store
-    subscriber = Subscriber(100)
-    await hub.subscribe(subscriber, ["a", "b"])
-    hub.unsubscribe(subscriber, ["a", "b"])
+    stream = Stream(["a", "b"])
+    await stream.join(hub)
+    hub.unsubscribe(stream.subscriber)
     assert hub._topics == {}
 
 
-def test_a_subscriber_past_its_buffer_is_marked_overflowed_and_gets_nothing_more() -> None:
-    subscriber = Subscriber(limit=3)
-    frame = Frame((1, 0), b"", b"")
-    subscriber.push("t", [frame, frame])
-    assert not subscriber.overflowed
-    subscriber.push("t", [frame, frame])
-    assert subscriber.overflowed
-    subscriber.push("t", [frame])
-    assert subscriber.take() == []
+async def test_a_broadcast_to_many_streams_lets_other_work_run_in_between(
+    hub_and_store: tuple[Hub, Store],
+) -> None:
+    hub, store = hub_and_store
+    streams = [Stream(["crowd"]) for _ in range(2000)]
+    for stream in streams:
+        await stream.join(hub)
+    ticks = 0
+
+    async def count_ticks() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(count_ticks())
+    await xadd(store, "crowd", "hello")
+    await streams[-1].events(1)
+    ticker.cancel()
+
+    assert all(len(parse(stream.chunks)) == 1 for stream in streams)
+    # Without yielding, the whole broadcast would pass within one tick.
+    assert ticks >= 2000 // 256
+
+
+@pytest.mark.parametrize("hub_and_store", [{"heartbeat_seconds": 0.2}], indirect=True)
+async def test_idle_streams_get_heartbeats_and_busy_ones_do_not(
+    hub_and_store: tuple[Hub, Store],
+) -> None:
+    hub, store = hub_and_store
+    idle, busy = Stream(["idle"]), Stream(["busy"])
+    await idle.join(hub)
+    await busy.join(hub)
+    for n in range(12):
+        await xadd(store, "busy", str(n))
+        await asyncio.sleep(0.05)
+
+    assert b": heartbeat\n\n" in idle.chunks
+    assert b": heartbeat\n\n" not in busy.chunks
+
+
+async def test_ending_every_stream_reaches_each_subscriber(
+    hub_and_store: tuple[Hub, Store],
+) -> None:
+    hub, _ = hub_and_store
+    streams = [Stream(["a"]), Stream(["a", "b"])]
+    for stream in streams:
+        await stream.join(hub)
+
+    hub.end_all(Ended.SHUTDOWN)
+
+    assert [stream.subscriber.closed.result() for stream in streams] == [Ended.SHUTDOWN] * 2
