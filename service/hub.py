@@ -13,15 +13,13 @@ import logging
 import random
 import time
 
-from redis.typing import KeyT, StreamIdT
-
 from service import keys, shutdown
 from service.cursor import StreamId, format_stream_id
 from service.errors import REDIS_DOWN
 from service.metrics import Metrics
 from service.settings import Settings
 from service.sse import Frame, encode_entry
-from service.store import Store, StreamReader, XreadReply
+from service.store import Arg, Store, StreamReader, XreadReply, encode_arg
 from service.subscriber import Ended, Subscriber
 
 log = logging.getLogger("herald")
@@ -38,13 +36,14 @@ _TICK_SECONDS = 0.5
 class Topic:
     """A topic some local subscriber follows, and how far the hub has read it."""
 
-    __slots__ = ("key", "name", "position", "position_id", "reader", "subscribers")
+    __slots__ = ("key", "key_arg", "name", "position", "position_arg", "reader", "subscribers")
 
     def __init__(self, name: str, position: StreamId, reader: Reader) -> None:
         self.name = name
         self.key = keys.stream_key(name)
         self.position = position
-        self.position_id = format_stream_id(position).encode()
+        self.key_arg = encode_arg(self.key)
+        self.position_arg = encode_arg(format_stream_id(position).encode())
         self.reader = reader
         self.subscribers: set[Subscriber] = set()
 
@@ -147,6 +146,7 @@ class Reader:
         self._block_ms = settings.reader_block_ms
         self._metrics = metrics
         self.topics: dict[bytes, Topic] = {}
+        self._keys: list[Arg] | None = None
         self._changed = asyncio.Event()
         self._reading = False
         self._stale = False
@@ -160,6 +160,7 @@ class Reader:
 
     def add(self, topic: Topic) -> None:
         self.topics[topic.key] = topic
+        self._keys = None
         self._stale = True
         self._changed.set()
         if self._reading and (self._waking is None or self._waking.done()):
@@ -168,6 +169,7 @@ class Reader:
     def remove(self, topic: Topic) -> None:
         # The read in flight may still return entries of it; dispatch ignores unknown keys.
         self.topics.pop(topic.key, None)
+        self._keys = None
 
     async def stop(self) -> None:
         for task in (self._waking, self._task):
@@ -196,13 +198,13 @@ class Reader:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            streams: dict[KeyT, StreamIdT] = {
-                key: topic.position_id for key, topic in self.topics.items()
-            }
+            if self._keys is None:
+                self._keys = [topic.key_arg for topic in self.topics.values()]
+            ids = [topic.position_arg for topic in self.topics.values()]
             self._stale = False
             self._reading = True
             try:
-                reply = await self._conn.read(streams, self._count, self._block_ms)
+                reply = await self._conn.read(self._keys, ids, self._count, self._block_ms)
             except REDIS_DOWN as exc:
                 self._reading = False
                 await self._failed(exc, backoff)
@@ -243,7 +245,7 @@ class Reader:
             # Moved before delivering: a subscriber that joins while this batch is
             # being delivered starts after it (and replays it if it resumes).
             topic.position = position
-            topic.position_id = entries[-1][0]
+            topic.position_arg = encode_arg(entries[-1][0])
             self._metrics.entries_read.inc(len(frames))
             joined = b"".join([f.data for f in frames])
             subscribers = list(topic.subscribers)

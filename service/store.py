@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NewType
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
 
 from service import keys
 from service.cursor import ZERO, StreamId, format_stream_id, stream_id_of
@@ -23,6 +22,10 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry as Redis returns it: id and fields."""
 
 XreadReply = list[tuple[bytes, list[Entry]]]
+
+Arg = NewType("Arg", bytes)
+"""A command argument already in its wire form, so a read over thousands of streams
+costs a join, not an encoding of every key and id each time."""
 
 ClientFactory = Callable[[], redis.Redis]
 
@@ -157,6 +160,11 @@ class Store:
         return StreamReader(self._new_reader_client, self._client)
 
 
+def encode_arg(value: bytes) -> Arg:
+    """`value` as a RESP bulk string."""
+    return Arg(b"$%d\r\n%s\r\n" % (len(value), value))
+
+
 class StreamReader:
     """A dedicated connection for XREAD BLOCK, which another connection can interrupt."""
 
@@ -167,18 +175,41 @@ class StreamReader:
         self._client_id: int | None = None
 
     async def read(
-        self, streams: dict[KeyT, StreamIdT], count: int, block_ms: int
+        self, keys: Sequence[Arg], ids: Sequence[Arg], count: int, block_ms: int
     ) -> XreadReply | None:
-        if self._client is None:
-            client = self._factory()
-            try:
-                self._client_id = int(await client.client_id())
-            except BaseException:
-                await client.aclose()
-                raise
-            self._client = client
-        reply: Any = await self._client.xread(streams, count=count, block=block_ms)
-        return reply or None
+        """XREAD COUNT `count` BLOCK `block_ms` STREAMS `keys` `ids`; None when nothing came."""
+        connection = await self._connection()
+        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$5\r\nBLOCK\r\n%s$7\r\nSTREAMS\r\n" % (
+            6 + 2 * len(keys),
+            encode_arg(b"%d" % count),
+            encode_arg(b"%d" % block_ms),
+        )
+        await connection.send_packed_command([head, b"".join(keys), b"".join(ids)], False)
+        reply: Any = await connection.read_response()
+        if not reply:
+            return None
+        if isinstance(reply, dict):  # RESP3
+            reply = reply.items()
+        return [
+            (key, [(entry_id, _fields(values)) for entry_id, values in entries])
+            for key, entries in reply
+        ]
+
+    async def _connection(self) -> Any:
+        # A connection redis-py reopened by itself would have a new client id, which
+        # `unblock` would not know: start over with a fresh client instead.
+        client = self._client
+        if client is not None and client.connection is not None and client.connection.is_connected:
+            return client.connection
+        await self.reset()
+        client = self._factory()
+        try:
+            self._client_id = int(await client.client_id())
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        return client.connection
 
     async def unblock(self) -> bool:
         """End a read in progress early; False when none was blocked."""
@@ -194,6 +225,12 @@ class StreamReader:
                 await client.aclose()
             except Exception as exc:
                 log.debug("closing a broken reader connection failed: %s", exc)
+
+
+def _fields(values: list[bytes] | None) -> dict[bytes, bytes]:
+    if not values:
+        return {}
+    return dict(zip(values[::2], values[1::2], strict=True))
 
 
 def _text(raw: bytes | str) -> str:
