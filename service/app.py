@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import __version__, errors, routes
+from service import __version__, errors, openapi, routes
 from service.context import Context
+from service.edge import Edge
 from service.hub import Hub
 from service.metrics import Metrics
 from service.settings import Settings
@@ -18,7 +19,7 @@ from service.store import Store
 log = logging.getLogger("herald")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Edge:
     settings = settings or Settings()
     _configure_logging(settings.log_level)
 
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(routes.router)
-    return app
+    openapi.install(app)
+    return Edge(app)
 
 
 def _configure_logging(level: str) -> None:

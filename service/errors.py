@@ -58,22 +58,22 @@ class Unavailable(HeraldError):
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
+    """The answer to a request that failed with `exc`."""
+    if isinstance(exc, REDIS_DOWN):
+        log.warning("redis unreachable during %s %s: %s", method, path, exc)
+        exc = Unavailable("Redis is unreachable, try again shortly")
+    if isinstance(exc, HeraldError):
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers())
+    log.error("unexpected error during %s %s", method, path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, 500)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
-    async def herald_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HeraldError)
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers())
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc, request.method, request.url.path)
 
-    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis unreachable during %s %s: %s", request.method, request.url.path, exc)
-        return await herald_error(request, Unavailable("Redis is unreachable, try again shortly"))
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error during %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, 500)
-
-    app.add_exception_handler(HeraldError, herald_error)
-    for exc_type in REDIS_DOWN:
-        app.add_exception_handler(exc_type, redis_down)
-    app.add_exception_handler(Exception, unexpected)
+    for exc_type in (HeraldError, *REDIS_DOWN, Exception):
+        app.add_exception_handler(exc_type, handle)

@@ -1,42 +1,34 @@
-"""HTTP routes: thin, they parse, call the store or the hub, and answer."""
+"""HTTP routes: thin, they parse, call the store or the hub, and answer.
+
+`publish` and `events` carry the load and are served by `service.edge` directly;
+the operational routes are FastAPI's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service import context, publishing
+from service.context import Context
 from service.errors import REDIS_DOWN
 from service.metrics import CONTENT_TYPE
-from service.models import Published, Topic
-from service.subscription import SubscriptionStream, open_subscription
+from service.subscription import open_subscription, parse_topics
+
+HotRoute = Callable[[Context, Request], Awaitable[Response]]
 
 router = APIRouter()
 
 _DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 _READY_TIMEOUT_SECONDS = 2.0
 
-_ERROR = {"content": {"application/json": {"example": {"detail": "…"}}}}
 
-
-@router.post(
-    "/publish",
-    summary="Publish one event or a batch",
-    response_model=Published | list[Published],
-    responses={413: _ERROR, 422: _ERROR, 503: _ERROR},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": publishing.REQUEST_SCHEMA}},
-        }
-    },
-)
-async def publish(request: Request) -> Any:
-    ctx = context.of(request)
+async def publish(ctx: Context, request: Request) -> Response:
+    """`POST /publish`: one event or a batch, acknowledged once Redis stored it."""
     body = await publishing.read_body(request, ctx.settings.max_body_bytes)
     events, batch = publishing.parse_events(body, ctx.settings)
     ids = await ctx.store.publish(
@@ -47,25 +39,17 @@ async def publish(request: Request) -> Any:
     return JSONResponse(answers if batch else answers[0])
 
 
-@router.get(
-    "/events",
-    summary="Subscribe to topics over Server-Sent Events",
-    response_class=SubscriptionStream,
-    responses={400: _ERROR, 422: _ERROR, 503: _ERROR},
-)
-async def events(
-    request: Request,
-    topic: Annotated[list[Topic], Query(min_length=1, description="Repeat for several topics.")],
-    last_event_id_query: Annotated[
-        str | None,
-        Query(alias="lastEventId", description="Resume position when no header can be set."),
-    ] = None,
-    last_event_id: Annotated[
-        str | None, Header(description="Resume position; wins over the query parameter.")
-    ] = None,
-) -> Response:
-    position = last_event_id if last_event_id is not None else last_event_id_query
-    return await open_subscription(context.of(request), topic, position)
+async def events(ctx: Context, request: Request) -> Response:
+    """`GET /events?topic=…`: the SSE stream; the Last-Event-ID header wins over the query."""
+    topics = parse_topics(request.query_params.getlist("topic"))
+    position = request.headers.get("last-event-id")
+    if position is None:
+        position = request.query_params.get("lastEventId")
+    return await open_subscription(ctx, topics, position)
+
+
+HOT: dict[str, tuple[str, HotRoute]] = {"/publish": ("POST", publish), "/events": ("GET", events)}
+"""Served by `service.edge` without FastAPI's routing layers: path -> (method, handler)."""
 
 
 @router.get("/healthz", summary="The process is alive")

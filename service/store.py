@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Store:
         self._client = client
         self._new_reader_client = reader_factory
         self.embedded = embedded
+        self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
 
     @classmethod
     def connect(cls, settings: Settings) -> Store:
@@ -114,13 +116,7 @@ class Store:
         """XADD each (topic, event, data); a batch lands all together or not at all."""
         if len(events) == 1:
             topic, event, data = events[0]
-            raw = await self._client.xadd(
-                keys.stream_key(topic),
-                {"event": event, "data": data},
-                maxlen=retention,
-                approximate=True,
-            )
-            return [_text(raw)]
+            return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
         pipe = self._client.pipeline(transaction=True)
         for topic, event, data in events:
             pipe.xadd(
@@ -130,6 +126,28 @@ class Store:
                 approximate=True,
             )
         return [_text(raw) for raw in await pipe.execute()]
+
+    def _xadd_soon(
+        self, key: bytes, event: str, data: str, retention: int
+    ) -> asyncio.Future[bytes]:
+        """Queue an XADD; those queued in the same loop iteration go as one pipeline.
+
+        Concurrent publishes then share a write and a read on the connection, which
+        costs a fraction of a command apiece (redis-py spends ~90 µs on a lone XADD).
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._adds.append((key, event, data, retention, future))
+        if len(self._adds) == 1:
+            asyncio.get_running_loop().call_soon(self._send_adds)
+        return future
+
+    def _send_adds(self) -> None:
+        adds, self._adds = self._adds, []
+        pipe = self._client.pipeline(transaction=False)
+        for key, event, data, retention, _ in adds:
+            pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
+        sending = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
 
     async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
         """Each topic's newest position: live delivery starts after it."""
@@ -231,6 +249,22 @@ def _fields(values: list[bytes] | None) -> dict[bytes, bytes]:
     if not values:
         return {}
     return dict(zip(values[::2], values[1::2], strict=True))
+
+
+def _settle(futures: list[asyncio.Future[bytes]], sending: asyncio.Future[list[Any]]) -> None:
+    """Hand each queued XADD its own reply, or the failure of the whole pipeline."""
+    failure = None if sending.cancelled() else sending.exception()
+    for index, future in enumerate(futures):
+        if future.done():
+            continue
+        if sending.cancelled():
+            future.cancel()
+        elif failure is not None:
+            future.set_exception(failure)
+        elif isinstance(reply := sending.result()[index], Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
 
 
 def _text(raw: bytes | str) -> str:

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service import sse
 from service.context import Context
 from service.cursor import InvalidPosition, StreamId, normalize_topics, parse_position
-from service.errors import REDIS_DOWN, BadRequest
+from service.errors import REDIS_DOWN, BadRequest, Invalid
+from service.models import Topic
 from service.replay import replay
 from service.subscriber import Ended, Framer, Subscriber, body_message
 
 log = logging.getLogger("herald")
 
 MEDIA_TYPE = "text/event-stream"
+
+_TOPICS: TypeAdapter[list[str]] = TypeAdapter(Annotated[list[Topic], Field(min_length=1)])
+
+
+def parse_topics(values: list[str]) -> list[str]:
+    """The `topic` query values, each a valid topic name, at least one (422 otherwise)."""
+    try:
+        return _TOPICS.validate_python(values)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        for error in errors:
+            error["loc"] = ("query", "topic", *error["loc"])
+        raise Invalid(errors) from None
 
 
 async def open_subscription(

@@ -155,3 +155,29 @@ def test_redis_unreachable_gets_503_with_retry_after_and_readyz_fails() -> None:
         assert "Redis" in answer.json()["detail"]
         assert client.get("/events?topic=t").status_code == 503
         assert client.get("/readyz").status_code == 503
+
+
+def test_the_openapi_schema_documents_publish_and_events(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    publish = schema["paths"]["/publish"]["post"]
+    body = publish["requestBody"]["content"]["application/json"]["schema"]
+    assert body["anyOf"][0] == {"$ref": "#/components/schemas/PublishEvent"}
+    assert set(publish["responses"]) == {"200", "413", "422", "503"}
+    events = schema["paths"]["/events"]["get"]
+    assert [p["name"] for p in events["parameters"]] == ["topic", "lastEventId", "Last-Event-ID"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert "PublishEvent" in schema["components"]["schemas"]
+
+
+def test_the_wrong_method_on_publish_or_events_gets_405(client: TestClient) -> None:
+    assert client.get("/publish").status_code == 405
+    answer = client.post("/events?topic=t")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET"
+
+
+def test_an_invalid_topic_is_reported_where_it_is(client: TestClient) -> None:
+    answer = client.get("/events?topic=ok&topic=bad%20one")
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["query", "topic", 1]
