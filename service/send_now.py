@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any
 
 from starlette.types import Message, Send
@@ -18,7 +19,7 @@ def send_now(send: Send, message: Message) -> Awaitable[None] | None:
     sent on that stream until it has.
     """
     sending = send(message)
-    if not isinstance(sending, Coroutine):
+    if type(sending) is not CoroutineType:
         return sending
     try:
         suspended_on = sending.send(None)
