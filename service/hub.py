@@ -37,7 +37,16 @@ _TICK_SECONDS = 0.5
 class Topic:
     """A topic some local subscriber follows, and how far the hub has read it."""
 
-    __slots__ = ("key", "key_arg", "name", "position", "position_arg", "reader", "subscribers")
+    __slots__ = (
+        "key",
+        "key_arg",
+        "name",
+        "position",
+        "position_arg",
+        "reader",
+        "slot",
+        "subscribers",
+    )
 
     def __init__(self, name: str, position: StreamId, reader: Reader) -> None:
         self.name = name
@@ -46,6 +55,7 @@ class Topic:
         self.key_arg = encode_arg(self.key)
         self.position_arg = encode_arg(format_stream_id(position).encode())
         self.reader = reader
+        self.slot = 0
         self.subscribers: set[Subscriber] = set()
 
 
@@ -147,7 +157,9 @@ class Reader:
         self._block_ms = settings.reader_block_ms
         self._metrics = metrics
         self.topics: dict[bytes, Topic] = {}
+        # The read's keys and ids, in the same order; topic.slot indexes both.
         self._keys: list[Arg] | None = None
+        self._ids: list[Arg] = []
         self._changed = asyncio.Event()
         self._reading = False
         self._stale = False
@@ -200,12 +212,15 @@ class Reader:
                 await self._changed.wait()
                 continue
             if self._keys is None:
-                self._keys = [topic.key_arg for topic in self.topics.values()]
-            ids = [topic.position_arg for topic in self.topics.values()]
+                topics = list(self.topics.values())
+                for slot, topic in enumerate(topics):
+                    topic.slot = slot
+                self._keys = [topic.key_arg for topic in topics]
+                self._ids = [topic.position_arg for topic in topics]
             self._stale = False
             self._reading = True
             try:
-                reply = await self._conn.read(self._keys, ids, self._count, self._block_ms)
+                reply = await self._conn.read(self._keys, self._ids, self._count, self._block_ms)
             except REDIS_DOWN as exc:
                 self._reading = False
                 await self._failed(exc, backoff)
@@ -247,6 +262,8 @@ class Reader:
             # being delivered starts after it (and replays it if it resumes).
             topic.position = position
             topic.position_arg = encode_arg(entries[-1][0])
+            if self._keys is not None:
+                self._ids[topic.slot] = topic.position_arg
             self._metrics.entries_read.inc(len(frames))
             joined = b"".join([f.data for f in frames])
             framed = chunk(joined)

@@ -191,18 +191,25 @@ class StreamReader:
         self._control = control
         self._client: redis.Redis | None = None
         self._client_id: int | None = None
+        self._keys: Sequence[Arg] = ()
+        self._joined_keys = b""
 
     async def read(
         self, keys: Sequence[Arg], ids: Sequence[Arg], count: int, block_ms: int
     ) -> XreadReply | None:
-        """XREAD COUNT `count` BLOCK `block_ms` STREAMS `keys` `ids`; None when nothing came."""
+        """XREAD COUNT `count` BLOCK `block_ms` STREAMS `keys` `ids`; None when nothing came.
+
+        `keys` change only when topics come and go, so the same list is joined once.
+        """
+        if keys is not self._keys:
+            self._keys, self._joined_keys = keys, b"".join(keys)
         connection = await self._connection()
         head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$5\r\nBLOCK\r\n%s$7\r\nSTREAMS\r\n" % (
             6 + 2 * len(keys),
             encode_arg(b"%d" % count),
             encode_arg(b"%d" % block_ms),
         )
-        await connection.send_packed_command([head, b"".join(keys), b"".join(ids)], False)
+        await connection.send_packed_command([head, self._joined_keys, b"".join(ids)], False)
         reply: Any = await connection.read_response()
         if not reply:
             return None

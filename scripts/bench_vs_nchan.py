@@ -1,0 +1,680 @@
+#!/usr/bin/env python3
+"""Herald against Nchan, and against a baseline that runs one XREAD per subscriber.
+
+Each server runs alone, pinned to core 0, started fresh for every shape; the load
+generator (scripts/benchlib/loadgen.c, built with gcc at start), the publisher and
+redis-server share core 1. Every event carries "<seq> <publish time>", so subscribers
+count gaps and duplicates and measure latency without asking the server.
+
+Shapes:
+  broadcast  1 topic x N subscribers: (a) a burst published back to back, deliveries/s
+             until every subscriber holds it all; (b) steady rates stepped up until p99
+             reaches 1 s, an event is lost or the publisher falls 1 s behind.
+  topics     K topics x 1 subscriber, a steady publish rate spread over them; for Redis
+             backed servers, Redis commands per published event.
+  storm      clients reconnect at once with the Last-Event-ID of the middle of 200 events:
+             time until every one has caught up, with no gap and no duplicate.
+  idle       connections held open on one topic: the server's RSS per connection.
+The baseline runs broadcast and topics only.
+
+    python scripts/bench_vs_nchan.py --servers herald nchan --json /tmp/bench.json
+    python scripts/bench_vs_nchan.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchlib.build import build_loadgen
+from benchlib.loadgen import Report, SubOptions, Subscribers, publish
+from benchlib.procs import BenchError
+from benchlib.servers import REPO, SERVER_KINDS, Server, running_server, unavailable_reason
+
+SHAPES = ("broadcast", "topics", "storm", "idle")
+BASELINE_SHAPES = ("broadcast", "topics")
+P99_LIMIT_US = 1_000_000
+MAX_LAG_MS = 1000
+# Topic-affine publish connections for the many-topics shape: each topic's events stay in
+# order on one connection while requests to different topics overlap.
+TOPICS_PUBLISH_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Sizes:
+    subscribers: int = 5000
+    burst_events: int = 100
+    rates: tuple[float, ...] = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+    step_seconds: float = 5
+    topics: int = 5000
+    topic_rate: float = 2000
+    topic_seconds: float = 10
+    storm_clients: int = 2000
+    storm_events: int = 200
+    idle_conns: int = 10000
+    stall_seconds: float = 10  # no event for this long: stop waiting for the rest
+
+
+QUICK = Sizes(
+    subscribers=50,
+    burst_events=20,
+    rates=(5, 50),
+    step_seconds=1,
+    topics=50,
+    topic_rate=100,
+    topic_seconds=1,
+    storm_clients=50,
+    idle_conns=200,
+    stall_seconds=3,
+)
+
+
+@dataclass(frozen=True)
+class Bench:
+    loadgen: Path
+    workdir: Path
+    sizes: Sizes
+    server_core: int | None
+    load_core: int | None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cpu_of(report: Report) -> float:
+    return float(report["cpu_user_s"]) + float(report["cpu_sys_s"])
+
+
+class Usage:
+    """Wall time and CPU seconds of the server, the subscribers and the publisher in a shape."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.start = time.monotonic()
+        self.server_cpu_start = server.cpu()
+        self.publisher_cpu = 0.0
+        self.loadgen_cpu = 0.0
+
+    def published(self, report: Report) -> Report:
+        self.publisher_cpu += cpu_of(report)
+        return report
+
+    def closed(self, final_report: Report) -> Report:
+        self.loadgen_cpu += cpu_of(final_report)
+        return final_report
+
+    def summary(self) -> dict[str, float]:
+        wall = time.monotonic() - self.start
+        return {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": round(self.server.cpu() - self.server_cpu_start, 3),
+            "loadgen_cpu_s": round(self.loadgen_cpu, 3),
+            "publisher_cpu_s": round(self.publisher_cpu, 3),
+        }
+
+
+class Window:
+    """The share of one core that the server and the subscribers' loadgen used over a phase.
+
+    A server near 100% with the loadgen well below shows the server is the bottleneck.
+    """
+
+    def __init__(self, server: Server, loadgen_cpu: float) -> None:
+        self.server = server
+        self.start = time.monotonic()
+        self.server_cpu = server.cpu()
+        self.loadgen_cpu = loadgen_cpu
+
+    def shares(self, report: Report) -> dict[str, float]:
+        wall = time.monotonic() - self.start
+        return {
+            "server_cpu_share": round((self.server.cpu() - self.server_cpu) / wall, 3),
+            "loadgen_cpu_share": round((cpu_of(report) - self.loadgen_cpu) / wall, 3),
+        }
+
+
+@contextmanager
+def subscribers(
+    bench: Bench, server: Server, options: SubOptions, name: str
+) -> Iterator[Subscribers]:
+    log_path = bench.workdir / f"loadgen-{server.kind}-{name}-{server.port}.log"
+    subs = Subscribers(
+        bench.loadgen, server.port, server.sub_path, options, bench.load_core, log_path
+    )
+    try:
+        yield subs
+    finally:
+        subs.kill()
+
+
+def publish_to(bench: Bench, server: Server, usage: Usage, count: int, **kwargs: Any) -> Report:
+    report = publish(
+        bench.loadgen, server.port, server.proto, count, core=bench.load_core, **kwargs
+    )
+    return usage.published(report)
+
+
+def require_connected(subs: Subscribers, wanted: int, timeout: float = 300) -> None:
+    connected, failed = subs.wait_ready(timeout)
+    if connected < wanted:
+        raise BenchError(
+            f"only {connected} of {wanted} connections were accepted ({failed} failed)"
+        )
+
+
+def latency(report: Report) -> dict[str, float]:
+    return {f"{p}_ms": report[f"{p}_us"] / 1000 for p in ("p50", "p90", "p99", "max")}
+
+
+def integrity(report: Report) -> dict[str, int]:
+    keys = ("gaps", "dups", "unparsed", "disconnects", "reconnects", "http_errors")
+    return {key: report[key] for key in keys}
+
+
+# ------------------------------------------------------------------ shape 1: broadcast
+
+
+def broadcast(bench: Bench, server: Server) -> dict[str, Any]:
+    sizes = bench.sizes
+    usage = Usage(server)
+    options = SubOptions(conns=sizes.subscribers, expect=sizes.burst_events)
+    with subscribers(bench, server, options, "broadcast") as subs:
+        require_connected(subs, sizes.subscribers)
+        log(f"[{server.kind}] broadcast: {sizes.subscribers} subscribers connected")
+        burst = broadcast_burst(bench, server, subs, usage)
+        log(f"[{server.kind}] burst: {burst['deliveries_per_s']} deliveries/s")
+        steady = broadcast_steps(bench, server, subs, usage, next_seq=sizes.burst_events + 1)
+        usage.closed(subs.close())
+    return {"subscribers": sizes.subscribers, "burst": burst, "steady": steady, **usage.summary()}
+
+
+def broadcast_burst(
+    bench: Bench, server: Server, subs: Subscribers, usage: Usage
+) -> dict[str, Any]:
+    n, events = bench.sizes.subscribers, bench.sizes.burst_events
+    window = Window(server, cpu_of(subs.report()))
+    subs.mark()
+    pub = publish_to(bench, server, usage, events)
+    report = subs.wait_for(lambda r: r["complete"] >= n, bench.sizes.stall_seconds, 900)
+    seconds = report["seconds_to_complete"]
+    # A server that never delivers everything is rated by what it did deliver, until
+    # its last delivery; "complete" says which of the two the figure is.
+    rated_seconds = seconds or report["last_event_seconds"]
+    return {
+        "events": events,
+        "publish_errors": pub["errors"],
+        "publish_seconds": pub["seconds"],
+        "seconds": seconds,
+        "complete": seconds is not None,
+        "deliveries_per_s": round(report["events"] / rated_seconds) if rated_seconds else None,
+        "delivered": report["events"],
+        "expected": n * events,
+        **latency(report),
+        **integrity(report),
+        **window.shares(report),
+    }
+
+
+def broadcast_steps(
+    bench: Bench, server: Server, subs: Subscribers, usage: Usage, next_seq: int
+) -> dict[str, Any]:
+    """Steady rates, each for step_seconds, up to the first that is not sustained."""
+    steps = []
+    for rate in bench.sizes.rates:
+        step = broadcast_step(bench, server, subs, usage, rate, next_seq)
+        next_seq += step["published"]
+        steps.append(step)
+        log(
+            f"[{server.kind}] steady {rate:g}/s: p50 {step['p50_ms']:.1f} ms, "
+            f"p99 {step['p99_ms']:.1f} ms, lost {step['lost']}, gaps {step['gaps']}"
+        )
+        if not step["sustained"]:
+            break
+    sustained = [step["rate"] for step in steps if step["sustained"]]
+    return {"max_sustained_rate": max(sustained, default=None), "steps": steps}
+
+
+def broadcast_step(
+    bench: Bench, server: Server, subs: Subscribers, usage: Usage, rate: float, seq: int
+) -> dict[str, Any]:
+    sizes = bench.sizes
+    count = max(1, round(rate * sizes.step_seconds))
+    window = Window(server, cpu_of(subs.report()))
+    subs.mark()
+    # A publisher that cannot keep the schedule is stopped; the step then fails anyway.
+    pub = publish_to(
+        bench, server, usage, count, rate=rate, start_seq=seq, timeout=3 * sizes.step_seconds + 10
+    )
+    expected = sizes.subscribers * pub["ok"]
+    report = subs.wait_for(lambda r: r["events"] >= expected, sizes.stall_seconds, 120)
+    step = {
+        "rate": rate,
+        "published": pub["sent"],
+        "publish_errors": pub["errors"],
+        "publisher_timed_out": pub["timed_out"],
+        "achieved_rate": pub["achieved_rate"],
+        "max_lag_ms": pub["max_lag_ms"],
+        "delivered": report["events"],
+        "lost": max(0, expected - report["events"]),
+        **latency(report),
+        **integrity(report),
+        **window.shares(report),
+    }
+    step["not_sustained_because"] = unsustained_reasons(step)
+    step["sustained"] = not step["not_sustained_because"]
+    return step
+
+
+def unsustained_reasons(step: dict[str, Any]) -> list[str]:
+    """Why a steady step does not count as sustained; empty when it does."""
+    reasons = []
+    if step["p99_ms"] * 1000 >= P99_LIMIT_US:
+        reasons.append("p99 >= 1 s")
+    if step["publisher_timed_out"] or step["max_lag_ms"] >= MAX_LAG_MS:
+        reasons.append(f"publisher {step['max_lag_ms'] / 1000:.1f} s behind schedule")
+    reasons += [f"{n} {key}" for key in ("lost", "gaps", "dups") if (n := step[key])]
+    if step["publish_errors"]:
+        reasons.append(f"{step['publish_errors']} publish errors")
+    return reasons
+
+
+# ------------------------------------------------------------------ shape 2: many topics
+
+
+def many_topics(bench: Bench, server: Server) -> dict[str, Any]:
+    sizes = bench.sizes
+    usage = Usage(server)
+    options = SubOptions(conns=sizes.topics, topics=sizes.topics)
+    count = round(sizes.topic_rate * sizes.topic_seconds)
+    with subscribers(bench, server, options, "topics") as subs:
+        require_connected(subs, sizes.topics)
+        calls_before = server.redis.command_calls() if server.redis else None
+        window = Window(server, cpu_of(subs.report()))
+        subs.mark()
+        pub = publish_to(
+            bench, server, usage, count, topics=sizes.topics, rate=sizes.topic_rate,
+            concurrency=TOPICS_PUBLISH_CONCURRENCY,
+        )  # fmt: skip
+        report = subs.wait_for(lambda r: r["events"] >= pub["ok"], sizes.stall_seconds, 120)
+        calls_after = server.redis.command_calls() if server.redis else None
+        shares = window.shares(report)
+        usage.closed(subs.close())
+    result = {
+        "topics": sizes.topics,
+        "rate": sizes.topic_rate,
+        "published": pub["ok"],
+        "publish_errors": pub["errors"],
+        "achieved_rate": pub["achieved_rate"],
+        "max_lag_ms": pub["max_lag_ms"],
+        "delivered": report["events"],
+        "lost": max(0, pub["ok"] - report["events"]),
+        **latency(report),
+        **integrity(report),
+        **shares,
+        **usage.summary(),
+    }
+    if calls_before is not None and calls_after is not None and pub["ok"]:
+        # Counted from just before publishing until the last event was delivered.
+        result["redis_calls_per_event"] = round((calls_after - calls_before) / pub["ok"], 3)
+    return result
+
+
+# ------------------------------------------------------------------ shape 3: resume storm
+
+
+def storm(bench: Bench, server: Server) -> dict[str, Any]:
+    sizes = bench.sizes
+    usage = Usage(server)
+    resume_seq = sizes.storm_events // 2
+    resume_id = learn_resume_id(bench, server, usage, resume_seq)
+    clients, missed = sizes.storm_clients, sizes.storm_events - resume_seq
+    options = SubOptions(
+        conns=clients,
+        start_seq=resume_seq + 1,
+        expect=missed,
+        last_event_id=resume_id,
+        max_pending=clients,  # all at once
+    )
+    window = Window(server, 0.0)  # the storm's loadgen starts with the window
+    with subscribers(bench, server, options, "storm") as subs:
+        connected, failed = subs.wait_ready(300)
+        # No mark: the clock runs from the moment the clients started connecting.
+        report = subs.wait_for(lambda r: r["complete"] >= clients, sizes.stall_seconds, 600)
+        shares = window.shares(report)
+        usage.closed(subs.close())
+    seconds = report["seconds_to_complete"]
+    return {
+        "clients": clients,
+        "resume_id": resume_id,
+        "connected": connected,
+        "failed": failed,
+        "caught_up": report["complete"],
+        "seconds_to_catch_up": seconds,
+        "replayed_per_s": round(clients * missed / seconds) if seconds else None,
+        "replayed": report["events"],
+        "expected": clients * missed,
+        **integrity(report),
+        **shares,
+        **usage.summary(),
+    }
+
+
+def learn_resume_id(bench: Bench, server: Server, usage: Usage, resume_seq: int) -> str:
+    """Publishes the storm's events while one subscriber notes their ids."""
+    events = bench.sizes.storm_events
+    options = SubOptions(conns=1, expect=events, print_ids=True)
+    with subscribers(bench, server, options, "prime") as prime:
+        require_connected(prime, 1)
+        pub = publish_to(bench, server, usage, events)
+        if pub["ok"] != events:
+            raise BenchError(f"publishing the storm's events: {pub}")
+        prime.wait_for(lambda r: r["complete"] >= 1, bench.sizes.stall_seconds, 120)
+        usage.closed(prime.close())
+    if resume_seq not in prime.ids:
+        raise BenchError(f"the prime subscriber never saw event {resume_seq}")
+    return prime.ids[resume_seq]
+
+
+# ------------------------------------------------------------------ shape 4: idle
+
+
+def idle(bench: Bench, server: Server) -> dict[str, Any]:
+    conns = bench.sizes.idle_conns
+    usage = Usage(server)
+    rss_before = server.rss()
+    started = time.monotonic()
+    with subscribers(bench, server, SubOptions(conns=conns, reconnect=False), "idle") as subs:
+        require_connected(subs, conns)
+        connect_seconds = time.monotonic() - started
+        time.sleep(1)  # let the server finish what accepting set in motion
+        rss_after = server.rss()
+        report = usage.closed(subs.close())
+    return {
+        "conns": conns,
+        "open": report["open"],
+        "connect_seconds": round(connect_seconds, 3),
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "rss_per_conn_bytes": round((rss_after - rss_before) / max(1, report["open"])),
+        **usage.summary(),
+    }
+
+
+SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
+    "broadcast": broadcast,
+    "topics": many_topics,
+    "storm": storm,
+    "idle": idle,
+}
+
+
+# ------------------------------------------------------------------ running and reporting
+
+
+def run_server(bench: Bench, kind: str, shapes: list[str]) -> dict[str, Any]:
+    reason = unavailable_reason(kind)
+    if reason:
+        log(f"[{kind}] skipped: {reason}")
+        return {"skipped": reason}
+    results: dict[str, Any] = {}
+    for shape in shapes:
+        if kind == "baseline" and shape not in BASELINE_SHAPES:
+            continue
+        log(f"[{kind}] {shape} ...")
+        try:
+            with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
+                results[shape] = SHAPE_RUNNERS[shape](bench, server)
+        except BenchError as error:
+            log(f"[{kind}] {shape} failed: {error}")
+            results[shape] = {"error": str(error)}
+    return results
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def lookup(result: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return ""
+        value = value[key]
+    return value
+
+
+def step_rows(results: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """One row per steady rate that any server reached: p50 / p99 in ms, or why it failed."""
+    rates: list[float] = []
+    for result in results.values():
+        for step in lookup(result, ("broadcast", "steady", "steps")) or []:
+            if step["rate"] not in rates:
+                rates.append(step["rate"])
+
+    def render(rate: float) -> Callable[[dict[str, Any]], str]:
+        def cell_of(result: dict[str, Any]) -> str:
+            steps = lookup(result, ("broadcast", "steady", "steps")) or []
+            for step in steps:
+                if step["rate"] == rate:
+                    text = f"{step['p50_ms']:.1f} / {step['p99_ms']:.1f}"
+                    reasons = step["not_sustained_because"]
+                    return f"{text} ({'; '.join(reasons)})" if reasons else text
+            return ""
+
+        return cell_of
+
+    return [(f"1b p50 / p99 ms at {rate:g}/s", render(rate)) for rate in sorted(rates)]
+
+
+PLAIN_ROWS: list[tuple[str, tuple[str, ...]]] = [
+    ("1a burst deliveries/s", ("broadcast", "burst", "deliveries_per_s")),
+    ("1a burst seconds", ("broadcast", "burst", "seconds")),
+    ("1a delivered / expected", ("broadcast", "burst", "delivered")),
+    ("1a p50 ms", ("broadcast", "burst", "p50_ms")),
+    ("1a p99 ms", ("broadcast", "burst", "p99_ms")),
+    ("1a gaps / dups", ("broadcast", "burst", "gaps")),
+    ("1a server / loadgen CPU %", ("broadcast", "burst", "server_cpu_share")),
+    ("1b max sustained events/s", ("broadcast", "steady", "max_sustained_rate")),
+    ("1 wall s", ("broadcast", "wall_s")),
+    ("1 server CPU s", ("broadcast", "server_cpu_s")),
+    ("1 loadgen CPU s", ("broadcast", "loadgen_cpu_s")),
+    ("1 publisher CPU s", ("broadcast", "publisher_cpu_s")),
+    ("2 topics p50 ms", ("topics", "p50_ms")),
+    ("2 topics p99 ms", ("topics", "p99_ms")),
+    ("2 achieved publish rate/s", ("topics", "achieved_rate")),
+    ("2 publisher max lag ms", ("topics", "max_lag_ms")),
+    ("2 lost / gaps", ("topics", "lost")),
+    ("2 server / loadgen CPU %", ("topics", "server_cpu_share")),
+    ("2 Redis calls per event", ("topics", "redis_calls_per_event")),
+    ("2 wall s", ("topics", "wall_s")),
+    ("2 server CPU s", ("topics", "server_cpu_s")),
+    ("2 loadgen CPU s", ("topics", "loadgen_cpu_s")),
+    ("2 publisher CPU s", ("topics", "publisher_cpu_s")),
+    ("3 storm seconds to catch up", ("storm", "seconds_to_catch_up")),
+    ("3 storm replayed events/s", ("storm", "replayed_per_s")),
+    ("3 storm caught up clients", ("storm", "caught_up")),
+    ("3 storm gaps / dups", ("storm", "gaps")),
+    ("3 server / loadgen CPU %", ("storm", "server_cpu_share")),
+    ("3 wall s", ("storm", "wall_s")),
+    ("3 server CPU s", ("storm", "server_cpu_s")),
+    ("3 loadgen CPU s", ("storm", "loadgen_cpu_s")),
+    ("4 idle conns open", ("idle", "open")),
+    ("4 idle connect seconds", ("idle", "connect_seconds")),
+    ("4 idle RSS before MB", ("idle", "rss_before_bytes")),
+    ("4 idle RSS after MB", ("idle", "rss_after_bytes")),
+    ("4 idle RSS per conn bytes", ("idle", "rss_per_conn_bytes")),
+]
+# rows that show "a / b"
+PAIRED = {
+    "gaps": "dups",
+    "lost": "gaps",
+    "server_cpu_share": "loadgen_cpu_share",
+    "delivered": "expected",
+}
+
+
+def plain_cell(result: dict[str, Any], path: tuple[str, ...]) -> str:
+    value = lookup(result, path)
+    if path[-1] == "server_cpu_share" and value != "":
+        other = lookup(result, (*path[:-1], "loadgen_cpu_share"))
+        return f"{value:.0%} / {other:.0%}"
+    if path[-1] in PAIRED and value != "":
+        return f"{cell(value)} / {cell(lookup(result, (*path[:-1], PAIRED[path[-1]])))}"
+    if path[-1].endswith("_bytes") and "per_conn" not in path[-1] and value != "":
+        return f"{value / 1e6:,.1f}"
+    if value == "" and "error" in result.get(path[0], {}):
+        return "error"
+    return cell(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        (label, partial(plain_cell, path=path)) for label, path in PLAIN_ROWS
+    ]
+    after = next(i for i, (label, _) in enumerate(rows) if label.startswith("1b max")) + 1
+    rows[after:after] = step_rows(results)
+    servers = list(results)
+    body = [[label, *(render(results[s]) for s in servers)] for label, render in rows]
+    body = [row for row in body if any(row[1:])]
+    header = ["metric", *servers]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def errors(results: dict[str, Any]) -> list[str]:
+    return [
+        f"{kind} {shape}: {value['error']}"
+        for kind, result in results.items()
+        for shape, value in result.items()
+        if isinstance(value, dict) and "error" in value
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join((__doc__ or "").splitlines()[2:]),
+    )
+    parser.add_argument("--servers", nargs="+", choices=SERVER_KINDS, default=list(SERVER_KINDS))
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a seconds-long smoke run")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--subscribers", type=int, help="broadcast subscribers (5000)")
+    parser.add_argument("--burst-events", type=int, help="events in the burst (100)")
+    parser.add_argument("--topics", type=int, help="topics, one subscriber each (5000)")
+    parser.add_argument("--storm-clients", type=int, help="resume storm clients (2000)")
+    parser.add_argument("--idle-conns", type=int, help="idle connections (10000)")
+    parser.add_argument("--step-seconds", type=float, help="seconds per steady rate (5)")
+    parser.add_argument("--rates", type=float, nargs="+", help="steady rates, events/s")
+    return parser.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else Sizes()
+    overrides = {
+        name: getattr(args, name)
+        for name in ("subscribers", "burst_events", "topics", "storm_clients", "idle_conns",
+                     "step_seconds")
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    if args.rates:
+        overrides["rates"] = tuple(args.rates)
+    return replace(sizes, **overrides)
+
+
+def herald_tree() -> str | None:
+    """The commit the Herald figures were measured on, "+changes" when the tree differs."""
+
+    def git(*args: str) -> str:
+        # GIT_OPTIONAL_LOCKS=0: `status` must not refresh (write) the index of a tree that
+        # someone else may be working in.
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+        result = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, env=env, timeout=10
+        )
+        return result.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return None
+    return f"{commit}+changes" if commit and changed else commit or None
+
+
+def cores() -> tuple[int | None, int | None]:
+    """(server core, load core): 0 and 1 when this process may use both, else unpinned."""
+    allowed = os.sched_getaffinity(0)
+    if {0, 1} <= allowed:
+        return 0, 1
+    log("bench: cores 0 and 1 are not both available; nothing is pinned")
+    return None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_from(args)
+    server_core, load_core = cores()
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})  # keep the orchestrator off the server's core
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers inherit it
+    workdir = Path(tempfile.mkdtemp(prefix="bench-vs-nchan-"))
+    workdir.chmod(0o755)  # nginx's worker runs as nobody and reaches into it
+    bench = Bench(build_loadgen(workdir / "bin"), workdir, sizes, server_core, load_core)
+    results = {kind: run_server(bench, kind, args.shapes) for kind in args.servers}
+    print(table(results))
+    for kind, result in results.items():
+        if "skipped" in result:
+            print(f"{kind}: skipped, {result['skipped']}")
+    failed = errors(results)
+    for error in failed:
+        print(f"error: {error}")
+    if args.json:
+        document = {
+            "sizes": asdict(sizes),
+            "cores": {"server": server_core, "load": load_core, "online": os.cpu_count()},
+            "python": platform.python_version(),
+            "herald_tree": herald_tree(),
+            "results": results,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if failed:
+        print(f"logs kept in {workdir}")
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

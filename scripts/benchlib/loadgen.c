@@ -1,0 +1,1100 @@
+/*
+ * loadgen: a single-threaded epoll load generator for SSE broadcasters.
+ *
+ *   loadgen sub  holds N Server-Sent Events connections, checks every event's sequence
+ *                number and measures its latency; driven line by line over stdin/stdout.
+ *   loadgen pub  publishes events (Herald JSON or Nchan raw bodies) on keep-alive
+ *                connections, back to back or paced open-loop, and prints one JSON line.
+ *
+ * Every event's data is "<seq> <publish_time_us>" (CLOCK_REALTIME microseconds, stamped
+ * when the publish request is sent), so a subscriber needs no side channel to measure
+ * latency or to find gaps. Run `loadgen` without arguments for the flags.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define READ_BUF (64 * 1024)
+#define MAX_EVENTS 4096
+#define STDIN_TAG UINT32_MAX
+#define RECONNECT_DELAY_US 100000
+
+/* ------------------------------------------------------------------ utilities */
+
+static _Noreturn void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(2);
+}
+
+static uint64_t clock_us(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static uint64_t mono_us(void) { return clock_us(CLOCK_MONOTONIC); }
+static uint64_t real_us(void) { return clock_us(CLOCK_REALTIME); }
+
+static void raise_nofile_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static double seconds_of(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec / 1e6; }
+
+static void print_cpu_json(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f", seconds_of(ru.ru_utime),
+           seconds_of(ru.ru_stime));
+}
+
+static void epoll_set(int ep, int op, int fd, uint32_t events, uint32_t tag) {
+    struct epoll_event ev = {.events = events, .data.u32 = tag};
+    if (epoll_ctl(ep, op, fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
+}
+
+/* Starts a non-blocking connect from `src` to `dst`; returns the fd or -1. */
+static int start_connect(const struct sockaddr_in *src, const struct sockaddr_in *dst) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Let connect() pick the port for the full 4-tuple, so ports are not exhausted by
+     * bind() reserving one per source address. */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (src && bind(fd, (const struct sockaddr *)src, sizeof *src) < 0) goto fail;
+    if (connect(fd, (const struct sockaddr *)dst, sizeof *dst) < 0 && errno != EINPROGRESS)
+        goto fail;
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
+static int connect_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+    return err;
+}
+
+static struct sockaddr_in ipv4_address(const char *host, int port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) die("not an IPv4 address: %s", host);
+    return a;
+}
+
+/* ------------------------------------------------------------------ histogram */
+
+/* Log-linear: exact below 2*SUB µs, then SUB buckets per power of two, so a bucket's
+ * midpoint is within 1/(2*SUB) (< 0.4%) of any value in it. Covers 2^(MAX_EXP+8) µs. */
+#define SUB_BITS 7
+#define SUB (1u << SUB_BITS)
+#define MAX_EXP 34
+#define NBUCKETS (2 * SUB + MAX_EXP * SUB)
+
+struct histogram {
+    uint64_t counts[NBUCKETS];
+    uint64_t total;
+    uint64_t max;
+};
+
+static unsigned bucket_of(uint64_t v) {
+    if (v < 2 * SUB) return (unsigned)v;
+    unsigned e = (unsigned)(63 - __builtin_clzll(v)) - SUB_BITS;
+    if (e > MAX_EXP) return NBUCKETS - 1;
+    return 2 * SUB + (e - 1) * SUB + (unsigned)((v >> e) - SUB);
+}
+
+static uint64_t bucket_value(unsigned b) {
+    if (b < 2 * SUB) return b;
+    unsigned e = (b - 2 * SUB) / SUB + 1;
+    uint64_t m = (b - 2 * SUB) % SUB + SUB;
+    return (m << e) + ((1ull << e) >> 1);
+}
+
+static void hist_add(struct histogram *h, uint64_t v) {
+    h->counts[bucket_of(v)]++;
+    h->total++;
+    if (v > h->max) h->max = v;
+}
+
+static uint64_t hist_percentile(const struct histogram *h, double p) {
+    if (h->total == 0) return 0;
+    uint64_t rank = (uint64_t)(p * (double)h->total + 0.999999);
+    if (rank == 0) rank = 1;
+    uint64_t seen = 0;
+    for (unsigned b = 0; b < NBUCKETS; b++) {
+        seen += h->counts[b];
+        if (seen >= rank) {
+            uint64_t v = bucket_value(b);
+            return v < h->max ? v : h->max;
+        }
+    }
+    return h->max;
+}
+
+/* ------------------------------------------------------------------ HTTP response head */
+
+#define HEAD_LINE_CAP 128
+
+struct http_head {
+    int status;          /* 0 until the status line was read */
+    int64_t content_length; /* -1 when absent */
+    uint8_t chunked, close, done;
+    uint16_t len;
+    char line[HEAD_LINE_CAP]; /* longer header lines are truncated: only short ones matter */
+};
+
+static void head_reset(struct http_head *h) {
+    h->status = 0;
+    h->content_length = -1;
+    h->chunked = h->close = h->done = 0;
+    h->len = 0;
+}
+
+static int header_is(const char *line, size_t len, const char *name) {
+    size_t n = strlen(name);
+    return len > n && strncasecmp(line, name, n) == 0 && line[n] == ':';
+}
+
+static uint8_t value_has(const char *line, const char *word) {
+    return strcasestr(line, word) != NULL;
+}
+
+static void head_line(struct http_head *h) {
+    const char *l = h->line;
+    size_t len = h->len;
+    if (h->status == 0) {
+        /* "HTTP/1.1 200 OK"; a malformed status line yields status -1 */
+        h->status = (len >= 12 && memcmp(l, "HTTP/1.", 7) == 0) ? atoi(l + 9) : -1;
+        if (h->status <= 0) h->status = -1;
+    } else if (len == 0) {
+        h->done = 1;
+    } else if (header_is(l, len, "transfer-encoding")) {
+        h->chunked = value_has(l, "chunked");
+    } else if (header_is(l, len, "content-length")) {
+        h->content_length = strtoll(l + 15, NULL, 10);
+    } else if (header_is(l, len, "connection")) {
+        h->close = value_has(l, "close");
+    }
+}
+
+/* Consumes head bytes from [p, p+n) until the blank line; returns bytes consumed. */
+static size_t head_feed(struct http_head *h, const char *p, size_t n) {
+    size_t i = 0;
+    while (i < n && !h->done) {
+        char ch = p[i++];
+        if (ch == '\n') {
+            h->line[h->len < HEAD_LINE_CAP ? h->len : HEAD_LINE_CAP - 1] = '\0';
+            head_line(h);
+            h->len = 0;
+        } else if (ch != '\r' && h->len < HEAD_LINE_CAP - 1) {
+            h->line[h->len++] = ch;
+        }
+    }
+    return i;
+}
+
+/* ------------------------------------------------------------------ chunked bodies */
+
+enum { DC_SIZE, DC_EXT, DC_DATA, DC_DATA_END, DC_TRAILER, DC_DONE, DC_ERROR };
+
+struct dechunk {
+    uint8_t state;
+    uint8_t trailer_len; /* non-zero while inside a trailer line */
+    uint64_t remaining;  /* chunk size being read, then payload bytes left */
+};
+
+static int hex_value(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+static void dechunk_size_end(struct dechunk *d) {
+    d->state = d->remaining ? DC_DATA : DC_TRAILER;
+    d->trailer_len = 0;
+}
+
+/* Steps over one framing byte (any state but DC_DATA). */
+static void dechunk_frame_byte(struct dechunk *d, char ch) {
+    switch (d->state) {
+    case DC_SIZE:
+        if (ch == '\n') {
+            dechunk_size_end(d);
+        } else if (ch == ';') {
+            d->state = DC_EXT;
+        } else if (ch != '\r' && ch != ' ') {
+            int v = hex_value(ch);
+            if (v < 0 || d->remaining >> 56) d->state = DC_ERROR;
+            else d->remaining = d->remaining * 16 + (uint64_t)v;
+        }
+        break;
+    case DC_EXT:
+        if (ch == '\n') dechunk_size_end(d);
+        break;
+    case DC_DATA_END:
+        if (ch == '\n') {
+            d->state = DC_SIZE;
+            d->remaining = 0;
+        } else if (ch != '\r') {
+            d->state = DC_ERROR;
+        }
+        break;
+    case DC_TRAILER:
+        if (ch == '\n') {
+            if (!d->trailer_len) d->state = DC_DONE;
+            d->trailer_len = 0;
+        } else if (ch != '\r') {
+            d->trailer_len = 1;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Steps over framing in [*p, end); returns the length of the next payload run, which
+ * starts at *run, or 0 when the input is used up or the body ended (DC_DONE/DC_ERROR). */
+static size_t dechunk(struct dechunk *d, const char **p, const char *end, const char **run) {
+    while (*p < end && d->state != DC_DONE && d->state != DC_ERROR) {
+        if (d->state == DC_DATA) {
+            size_t avail = (size_t)(end - *p);
+            size_t n = d->remaining < avail ? (size_t)d->remaining : avail;
+            *run = *p;
+            *p += n;
+            d->remaining -= n;
+            if (d->remaining == 0) d->state = DC_DATA_END;
+            return n;
+        }
+        dechunk_frame_byte(d, *(*p)++);
+    }
+    return 0;
+}
+
+/* ================================================================== sub mode */
+
+#define SSE_LINE_CAP 200
+#define DATA_CAP 64
+#define ID_CAP 64
+
+enum { C_IDLE, C_CONNECTING, C_HEAD, C_BODY };
+
+struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t ever_connected, first_done, queued;
+    uint8_t cr_seen, has_data;
+    uint16_t line_len, data_len;
+    uint64_t deadline_us;
+    uint64_t due_us; /* earliest (re)connect time while queued */
+    uint64_t last_seq;
+    uint64_t events_total;
+    struct http_head head;
+    struct dechunk dc;
+    char line[SSE_LINE_CAP];
+    char data[DATA_CAP];
+    char id_buf[ID_CAP];  /* the SSE "last event ID buffer" */
+    char last_id[ID_CAP]; /* the id as of the last dispatched event: resume from here */
+};
+
+struct sub_opts {
+    const char *host;
+    int port;
+    const char *path_prefix, *path_suffix; /* the template split around {k} */
+    int templated;
+    uint32_t conns, topics;
+    uint64_t start_seq, expect;
+    const char *last_event_id;
+    int reconnect, print_ids;
+    double connect_rate;  /* new connections per second, 0 = unlimited */
+    uint32_t max_pending; /* connections at once between connect() and the response head */
+    double connect_timeout_s;
+    uint32_t src_salt;
+};
+
+struct sub_stats {
+    uint64_t events, gaps, dups, unparsed, disconnects, reconnects;
+    uint64_t last_event_us; /* monotonic; 0 = none since mark */
+    struct histogram hist;
+};
+
+struct sub {
+    struct sub_opts o;
+    struct sockaddr_in dst;
+    struct conn *conns;
+    int ep;
+    /* FIFO of connections waiting to (re)connect; each connection is in it at most once */
+    uint32_t *queue, q_head, q_len;
+    uint32_t pending, open, connected, first_failed, first_done, complete;
+    uint64_t http_errors, connect_failures, started;
+    uint64_t start_us, mark_us, complete_us;
+    int ready_printed;
+    struct sub_stats st;
+    char rbuf[READ_BUF];
+};
+
+static void queue_push(struct sub *s, uint32_t i, uint64_t due) {
+    struct conn *c = &s->conns[i];
+    if (c->queued) return;
+    c->queued = 1;
+    c->due_us = due;
+    s->queue[(s->q_head + s->q_len++) % s->o.conns] = i;
+}
+
+static uint32_t queue_pop(struct sub *s) {
+    uint32_t i = s->queue[s->q_head];
+    s->q_head = (s->q_head + 1) % s->o.conns;
+    s->q_len--;
+    s->conns[i].queued = 0;
+    return i;
+}
+
+/* Spreads connections over 127.0.0.0/8 so that repeated runs of tens of thousands of
+ * connections never run out of ephemeral ports on one source address. */
+static struct sockaddr_in source_address(const struct sub *s, uint32_t i) {
+    uint32_t a = 1 + s->o.src_salt % 250, b = 1 + (i / 250) % 250, c = 1 + i % 250;
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    src.sin_addr.s_addr = htonl((127u << 24) | (a << 16) | (b << 8) | c);
+    return src;
+}
+
+static int build_request(const struct sub *s, uint32_t i, const char *last_id, char *buf,
+                         size_t cap) {
+    char path[512];
+    if (s->o.templated)
+        snprintf(path, sizeof path, "%s%" PRIu32 "%s", s->o.path_prefix, i % s->o.topics,
+                 s->o.path_suffix);
+    else
+        snprintf(path, sizeof path, "%s", s->o.path_prefix);
+    int n = snprintf(buf, cap,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+                     "Cache-Control: no-cache\r\n",
+                     path, s->o.host, s->o.port);
+    if (last_id[0]) n += snprintf(buf + n, cap - (size_t)n, "Last-Event-ID: %s\r\n", last_id);
+    n += snprintf(buf + n, cap - (size_t)n, "\r\n");
+    return n;
+}
+
+static void reset_stream_state(struct conn *c) {
+    head_reset(&c->head);
+    memset(&c->dc, 0, sizeof c->dc);
+    c->line_len = c->data_len = 0;
+    c->cr_seen = c->has_data = 0;
+    /* The buffer starts from the position we resume at, so a blank line before the
+     * first id (e.g. after "retry:") does not forget it. */
+    memcpy(c->id_buf, c->last_id, ID_CAP);
+}
+
+static void first_attempt_over(struct sub *s, struct conn *c, int ok) {
+    if (c->first_done) return;
+    c->first_done = 1;
+    s->first_done++;
+    if (!ok) s->first_failed++;
+}
+
+/* Closes a connection and, with --reconnect, queues it to come back. */
+static void conn_close(struct sub *s, uint32_t i, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    if (c->state == C_BODY) {
+        s->open--;
+        s->st.disconnects++;
+    } else if (c->state != C_IDLE) {
+        s->pending--;
+        if (c->head.status == 0) s->connect_failures++; /* no answer at all */
+        first_attempt_over(s, c, 0);
+    }
+    c->state = C_IDLE;
+    if (s->o.reconnect) queue_push(s, i, now + RECONNECT_DELAY_US);
+}
+
+static void conn_start(struct sub *s, uint32_t i, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    struct sockaddr_in src = source_address(s, i);
+    if (c->ever_connected || c->first_done) s->st.reconnects++;
+    s->started++;
+    reset_stream_state(c);
+    c->deadline_us = now + (uint64_t)(s->o.connect_timeout_s * 1e6);
+    c->fd = start_connect(&src, &s->dst);
+    c->state = C_CONNECTING;
+    s->pending++;
+    if (c->fd < 0) {
+        conn_close(s, i, now);
+        return;
+    }
+    epoll_set(s->ep, EPOLL_CTL_ADD, c->fd, EPOLLOUT, i);
+}
+
+static void conn_send_request(struct sub *s, uint32_t i, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    char req[1024];
+    if (connect_error(c->fd) != 0) {
+        conn_close(s, i, now);
+        return;
+    }
+    int n = build_request(s, i, c->last_id, req, sizeof req);
+    /* A fresh socket's send buffer always takes a request this small whole. */
+    if (send(c->fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        conn_close(s, i, now);
+        return;
+    }
+    c->state = C_HEAD;
+    epoll_set(s->ep, EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
+}
+
+static void check_complete(struct sub *s, struct conn *c, uint64_t now) {
+    if (s->o.expect && c->events_total == s->o.expect) {
+        s->complete++;
+        if (s->complete == s->o.conns) s->complete_us = now;
+    }
+}
+
+static void on_event(struct sub *s, uint32_t i, uint64_t now, uint64_t now_real) {
+    struct conn *c = &s->conns[i];
+    char text[DATA_CAP + 1], *end;
+    memcpy(text, c->data, c->data_len);
+    text[c->data_len] = '\0';
+    uint64_t seq = strtoull(text, &end, 10);
+    uint64_t published = (end != text && *end == ' ') ? strtoull(end + 1, NULL, 10) : 0;
+    if (published == 0) {
+        s->st.unparsed++; /* e.g. Herald's herald.trimmed notice */
+        return;
+    }
+    s->st.events++;
+    s->st.last_event_us = now;
+    c->events_total++;
+    check_complete(s, c, now);
+    if (seq <= c->last_seq) s->st.dups++;
+    else s->st.gaps += seq - c->last_seq - 1;
+    if (seq > c->last_seq) c->last_seq = seq;
+    hist_add(&s->st.hist, now_real > published ? now_real - published : 0);
+    if (s->o.print_ids && i == 0) printf("ID %" PRIu64 " %s\n", seq, c->last_id);
+}
+
+static void sse_dispatch(struct sub *s, uint32_t i, uint64_t now, uint64_t now_real) {
+    struct conn *c = &s->conns[i];
+    memcpy(c->last_id, c->id_buf, ID_CAP);
+    if (!c->has_data) return;
+    on_event(s, i, now, now_real);
+    c->has_data = 0;
+    c->data_len = 0;
+}
+
+static void sse_field(struct conn *c, const char *name, size_t nlen, const char *v, size_t vlen) {
+    if (nlen == 4 && memcmp(name, "data", 4) == 0) {
+        if (c->has_data && c->data_len < DATA_CAP) c->data[c->data_len++] = '\n';
+        size_t room = DATA_CAP - c->data_len;
+        size_t n = vlen < room ? vlen : room;
+        memcpy(c->data + c->data_len, v, n);
+        c->data_len += (uint16_t)n;
+        c->has_data = 1;
+    } else if (nlen == 2 && memcmp(name, "id", 2) == 0 && !memchr(v, '\0', vlen)) {
+        size_t n = vlen < ID_CAP - 1 ? vlen : ID_CAP - 1;
+        memcpy(c->id_buf, v, n);
+        c->id_buf[n] = '\0';
+    }
+    /* event and retry do not matter to the measurement; unknown fields are ignored */
+}
+
+static void sse_line(struct sub *s, uint32_t i, uint64_t now, uint64_t now_real) {
+    struct conn *c = &s->conns[i];
+    const char *l = c->line;
+    size_t len = c->line_len;
+    if (len == 0) {
+        sse_dispatch(s, i, now, now_real);
+        return;
+    }
+    if (l[0] == ':') return; /* comment: heartbeats, Nchan's ": hi" */
+    const char *colon = memchr(l, ':', len);
+    size_t nlen = colon ? (size_t)(colon - l) : len;
+    const char *v = colon ? colon + 1 : l + len;
+    if (v < l + len && *v == ' ') v++;
+    sse_field(c, l, nlen, v, (size_t)(l + len - v));
+}
+
+/* Lines end in CRLF, LF or CR, split anywhere across reads. */
+static void sse_feed(struct sub *s, uint32_t i, const char *p, size_t n, uint64_t now,
+                     uint64_t now_real) {
+    struct conn *c = &s->conns[i];
+    for (size_t k = 0; k < n; k++) {
+        char ch = p[k];
+        if (c->cr_seen) {
+            c->cr_seen = 0;
+            if (ch == '\n') continue;
+        }
+        if (ch == '\r' || ch == '\n') {
+            c->cr_seen = ch == '\r';
+            sse_line(s, i, now, now_real);
+            c->line_len = 0;
+        } else if (c->line_len < SSE_LINE_CAP) {
+            c->line[c->line_len++] = ch;
+        }
+    }
+}
+
+static void head_complete(struct sub *s, uint32_t i, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    if (c->head.status != 200) {
+        s->http_errors++;
+        conn_close(s, i, now);
+        return;
+    }
+    c->state = C_BODY;
+    c->ever_connected = 1;
+    s->pending--;
+    s->open++;
+    if (!c->first_done) s->connected++;
+    first_attempt_over(s, c, 1);
+}
+
+/* Feeds body bytes, de-chunking when needed; returns 0 once the body has ended. */
+static int body_feed(struct sub *s, uint32_t i, const char *p, size_t n, uint64_t now,
+                     uint64_t now_real) {
+    struct conn *c = &s->conns[i];
+    if (!c->head.chunked) {
+        sse_feed(s, i, p, n, now, now_real); /* Nchan: the body runs until the close */
+        return 1;
+    }
+    const char *end = p + n, *run;
+    size_t len;
+    while ((len = dechunk(&c->dc, &p, end, &run)) > 0) sse_feed(s, i, run, len, now, now_real);
+    return c->dc.state != DC_DONE && c->dc.state != DC_ERROR;
+}
+
+static void conn_readable(struct sub *s, uint32_t i, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    ssize_t n = recv(c->fd, s->rbuf, READ_BUF, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {
+        conn_close(s, i, now);
+        return;
+    }
+    uint64_t now_real = real_us();
+    size_t used = 0;
+    if (c->state == C_HEAD) {
+        used = head_feed(&c->head, s->rbuf, (size_t)n);
+        if (!c->head.done) return;
+        head_complete(s, i, now);
+        if (c->state != C_BODY) return;
+    }
+    if (!body_feed(s, i, s->rbuf + used, (size_t)n - used, now, now_real)) conn_close(s, i, now);
+}
+
+static void conn_event(struct sub *s, uint32_t i, uint32_t events, uint64_t now) {
+    struct conn *c = &s->conns[i];
+    if (c->state == C_CONNECTING) {
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) conn_send_request(s, i, now);
+    } else if (c->state == C_HEAD || c->state == C_BODY) {
+        conn_readable(s, i, now);
+    }
+}
+
+static void start_due_connections(struct sub *s, uint64_t now) {
+    while (s->q_len && s->pending < s->o.max_pending) {
+        if (s->conns[s->queue[s->q_head]].due_us > now) break;
+        if (s->o.connect_rate > 0 &&
+            (double)s->started >= s->o.connect_rate * (double)(now - s->start_us) / 1e6 + 1)
+            break;
+        conn_start(s, queue_pop(s), now);
+    }
+}
+
+static void expire_setups(struct sub *s, uint64_t now) {
+    for (uint32_t i = 0; i < s->o.conns; i++) {
+        struct conn *c = &s->conns[i];
+        if ((c->state == C_CONNECTING || c->state == C_HEAD) && now > c->deadline_us)
+            conn_close(s, i, now);
+    }
+}
+
+static void print_null_or_seconds(const char *name, uint64_t from, uint64_t to) {
+    if (to == 0) printf("\"%s\":null,", name);
+    else printf("\"%s\":%.6f,", name, ((double)to - (double)from) / 1e6);
+}
+
+static void sub_report(struct sub *s, uint64_t now) {
+    const struct sub_stats *st = &s->st;
+    printf("{\"conns\":%" PRIu32 ",\"connected\":%" PRIu32 ",\"open\":%" PRIu32
+           ",\"http_errors\":%" PRIu64 ",\"connect_failures\":%" PRIu64
+           ",\"disconnects\":%" PRIu64 ",\"reconnects\":%" PRIu64 ",\"events\":%" PRIu64
+           ",\"gaps\":%" PRIu64 ",\"dups\":%" PRIu64 ",\"unparsed\":%" PRIu64
+           ",\"complete\":%" PRIu32 ",\"seconds_since_mark\":%.6f,",
+           s->o.conns, s->connected, s->open, s->http_errors, s->connect_failures,
+           st->disconnects, st->reconnects, st->events, st->gaps, st->dups, st->unparsed,
+           s->complete, (double)(now - s->mark_us) / 1e6);
+    print_null_or_seconds("seconds_to_complete", s->mark_us, s->complete_us);
+    print_null_or_seconds("last_event_seconds", s->mark_us, st->last_event_us);
+    printf("\"p50_us\":%" PRIu64 ",\"p90_us\":%" PRIu64 ",\"p99_us\":%" PRIu64
+           ",\"max_us\":%" PRIu64 ",",
+           hist_percentile(&st->hist, 0.50), hist_percentile(&st->hist, 0.90),
+           hist_percentile(&st->hist, 0.99), st->hist.max);
+    print_cpu_json();
+    printf("}\n");
+}
+
+static void sub_shutdown(struct sub *s) {
+    for (uint32_t i = 0; i < s->o.conns; i++)
+        if (s->conns[i].fd >= 0) close(s->conns[i].fd);
+    fflush(stdout);
+    exit(0);
+}
+
+/* Commands: mark (zero the event counters and the histogram, restart the clock),
+ * report (one JSON line), quit. */
+static void sub_command(struct sub *s, const char *cmd, uint64_t now) {
+    if (strcmp(cmd, "mark") == 0) {
+        memset(&s->st, 0, sizeof s->st);
+        s->mark_us = now;
+        printf("MARKED\n");
+    } else if (strcmp(cmd, "report") == 0) {
+        sub_report(s, now);
+    } else if (strcmp(cmd, "quit") == 0) {
+        sub_shutdown(s);
+    } else if (cmd[0]) {
+        printf("ERROR unknown command %s\n", cmd);
+    }
+}
+
+static void sub_stdin(struct sub *s, uint64_t now) {
+    static char buf[4096];
+    static size_t len;
+    ssize_t n = read(STDIN_FILENO, buf + len, sizeof buf - 1 - len);
+    if (n <= 0) sub_shutdown(s);
+    len += (size_t)n;
+    char *start = buf, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(buf + len - start)))) {
+        *nl = '\0';
+        if (nl > start && nl[-1] == '\r') nl[-1] = '\0';
+        sub_command(s, start, now);
+        start = nl + 1;
+    }
+    len = (size_t)(buf + len - start);
+    memmove(buf, start, len);
+    if (len == sizeof buf - 1) len = 0; /* an absurdly long line: drop it */
+}
+
+static void sub_loop(struct sub *s) {
+    static struct epoll_event evs[MAX_EVENTS];
+    uint64_t last_expiry_scan = 0;
+    for (;;) {
+        int n = epoll_wait(s->ep, evs, MAX_EVENTS, 10);
+        if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+        uint64_t now = mono_us();
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.u32 == STDIN_TAG) sub_stdin(s, now);
+            else conn_event(s, evs[k].data.u32, evs[k].events, now);
+        }
+        start_due_connections(s, now);
+        if (s->pending && now - last_expiry_scan > 100000) {
+            expire_setups(s, now);
+            last_expiry_scan = now;
+        }
+        if (!s->ready_printed && s->first_done == s->o.conns) {
+            printf("READY %" PRIu32 " %" PRIu32 "\n", s->connected, s->first_failed);
+            s->ready_printed = 1;
+        }
+        fflush(stdout);
+    }
+}
+
+/* ================================================================== pub mode */
+
+struct pub_opts {
+    const char *host;
+    int port;
+    int nchan;
+    uint32_t topics, concurrency;
+    uint64_t count, start_seq;
+    double rate, timeout_s;
+    const char *topic_prefix;
+};
+
+struct pconn {
+    int fd;
+    uint8_t connecting, busy;
+    struct http_head head;
+    struct dechunk dc;
+    int64_t body_left;
+    char out[1024];
+    size_t out_len, out_sent;
+};
+
+struct pub {
+    struct pub_opts o;
+    struct sockaddr_in dst;
+    struct pconn *pc;
+    int ep;
+    uint64_t next, ok, errors, in_flight;
+    uint64_t t0, first_send, last_done, max_lag_us;
+    char rbuf[READ_BUF];
+};
+
+static void pconn_open(struct pub *p, uint32_t i) {
+    struct pconn *c = &p->pc[i];
+    c->fd = start_connect(NULL, &p->dst);
+    if (c->fd < 0) die("connect to %s:%d failed: %s", p->o.host, p->o.port, strerror(errno));
+    c->connecting = 1;
+    c->busy = 0;
+    epoll_set(p->ep, EPOLL_CTL_ADD, c->fd, EPOLLOUT, i);
+}
+
+static void pconn_reopen(struct pub *p, uint32_t i) {
+    struct pconn *c = &p->pc[i];
+    if (c->busy) {
+        p->errors++; /* the request in flight got no answer */
+        p->in_flight--;
+    }
+    close(c->fd);
+    pconn_open(p, i);
+}
+
+static void format_request(struct pub *p, struct pconn *c, uint64_t j) {
+    uint64_t topic = j % p->o.topics, seq = p->o.start_seq + j / p->o.topics;
+    char data[64];
+    snprintf(data, sizeof data, "%" PRIu64 " %" PRIu64, seq, real_us());
+    char body[256];
+    int blen;
+    const char *path, *ctype;
+    char pathbuf[160];
+    if (p->o.nchan) {
+        snprintf(pathbuf, sizeof pathbuf, "/pub?id=%s%" PRIu64, p->o.topic_prefix, topic);
+        path = pathbuf;
+        ctype = "text/plain";
+        blen = snprintf(body, sizeof body, "%s", data);
+    } else {
+        path = "/publish";
+        ctype = "application/json";
+        blen = snprintf(body, sizeof body,
+                        "{\"topic\":\"%s%" PRIu64 "\",\"event\":\"tick\",\"data\":\"%s\"}",
+                        p->o.topic_prefix, topic, data);
+    }
+    c->out_len = (size_t)snprintf(c->out, sizeof c->out,
+                                  "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: %s\r\n"
+                                  "Content-Length: %d\r\n\r\n%s",
+                                  path, p->o.host, p->o.port, ctype, blen, body);
+    c->out_sent = 0;
+}
+
+static void pconn_flush(struct pub *p, uint32_t i) {
+    struct pconn *c = &p->pc[i];
+    ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EAGAIN) n = 0;
+    if (n < 0) {
+        pconn_reopen(p, i);
+        return;
+    }
+    c->out_sent += (size_t)n;
+    epoll_set(p->ep, EPOLL_CTL_MOD, c->fd, c->out_sent < c->out_len ? EPOLLOUT : EPOLLIN, i);
+}
+
+static uint64_t scheduled_us(const struct pub *p, uint64_t j) {
+    return p->o.rate > 0 ? p->t0 + (uint64_t)((double)j * 1e6 / p->o.rate) : p->t0;
+}
+
+/* Sends due events in order; an event waits for its topic's connection, which keeps
+ * every topic's events in order on one connection. */
+static void send_due(struct pub *p, uint64_t now) {
+    while (p->next < p->o.count) {
+        uint64_t due = scheduled_us(p, p->next);
+        if (due > now) return;
+        uint32_t i = (uint32_t)((p->next % p->o.topics) % p->o.concurrency);
+        struct pconn *c = &p->pc[i];
+        if (c->busy || c->connecting) return;
+        if (p->o.rate > 0 && now - due > p->max_lag_us) p->max_lag_us = now - due;
+        if (!p->first_send) p->first_send = now;
+        head_reset(&c->head);
+        memset(&c->dc, 0, sizeof c->dc);
+        format_request(p, c, p->next++);
+        c->busy = 1;
+        p->in_flight++;
+        pconn_flush(p, i);
+    }
+}
+
+static void response_done(struct pub *p, uint32_t i, uint64_t now) {
+    struct pconn *c = &p->pc[i];
+    if (c->head.status >= 200 && c->head.status < 300) p->ok++;
+    else p->errors++;
+    c->busy = 0;
+    p->in_flight--;
+    p->last_done = now;
+    if (c->head.close) pconn_reopen(p, i);
+}
+
+/* Consumes body bytes; returns 1 once the response body is complete. */
+static int pub_body(struct pconn *c, const char *q, size_t n) {
+    if (c->head.chunked) {
+        const char *end = q + n, *run;
+        while (dechunk(&c->dc, &q, end, &run) > 0) {
+        }
+        return c->dc.state == DC_DONE || c->dc.state == DC_ERROR;
+    }
+    c->body_left -= (int64_t)n;
+    return c->body_left <= 0;
+}
+
+static void pconn_readable(struct pub *p, uint32_t i, uint64_t now) {
+    struct pconn *c = &p->pc[i];
+    ssize_t n = recv(c->fd, p->rbuf, READ_BUF, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0 || !c->busy) {
+        pconn_reopen(p, i);
+        return;
+    }
+    size_t used = 0;
+    if (!c->head.done) {
+        used = head_feed(&c->head, p->rbuf, (size_t)n);
+        if (!c->head.done) return;
+        /* Without a length the body would run to the close; publish answers always
+         * carry one, so treat it as empty. */
+        c->body_left = c->head.content_length > 0 ? c->head.content_length : 0;
+    }
+    if (pub_body(c, p->rbuf + used, (size_t)n - used)) response_done(p, i, now);
+}
+
+static void pconn_event(struct pub *p, uint32_t i, uint64_t now) {
+    struct pconn *c = &p->pc[i];
+    if (c->connecting) {
+        if (connect_error(c->fd) != 0)
+            die("connect to %s:%d failed: %s", p->o.host, p->o.port,
+                strerror(connect_error(c->fd)));
+        c->connecting = 0;
+        epoll_set(p->ep, EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
+    } else if (c->busy && c->out_sent < c->out_len) {
+        pconn_flush(p, i);
+    } else {
+        pconn_readable(p, i, now);
+    }
+}
+
+/* How long to sleep in epoll: until the next event is due, or, when it is due but its
+ * connection is busy, until that connection answers (never a busy loop). */
+static int pub_wait_ms(const struct pub *p, uint64_t now) {
+    if (p->next >= p->o.count || p->o.rate <= 0) return 100;
+    uint64_t due = scheduled_us(p, p->next);
+    return due <= now ? 100 : (int)((due - now + 999) / 1000);
+}
+
+static void pub_report(const struct pub *p, int timed_out) {
+    uint64_t end = p->last_done ? p->last_done : mono_us();
+    double secs = p->first_send ? (double)(end - p->first_send) / 1e6 : 0;
+    uint64_t done = p->ok + p->errors;
+    printf("{\"sent\":%" PRIu64 ",\"ok\":%" PRIu64 ",\"errors\":%" PRIu64
+           ",\"timed_out\":%s,\"seconds\":%.6f,\"achieved_rate\":%.3f,\"max_lag_ms\":%.3f,",
+           p->next, p->ok, p->errors, timed_out ? "true" : "false", secs,
+           secs > 0 ? (double)done / secs : 0.0, (double)p->max_lag_us / 1e3);
+    print_cpu_json();
+    printf("}\n");
+    fflush(stdout);
+}
+
+static void pub_run(struct pub *p) {
+    static struct epoll_event evs[MAX_EVENTS];
+    uint64_t deadline = mono_us() + (uint64_t)(p->o.timeout_s * 1e6);
+    p->t0 = 0;
+    while (p->next < p->o.count || p->in_flight) {
+        int n = epoll_wait(p->ep, evs, MAX_EVENTS, p->t0 ? pub_wait_ms(p, mono_us()) : 10);
+        if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+        uint64_t now = mono_us();
+        for (int k = 0; k < n; k++) pconn_event(p, evs[k].data.u32, now);
+        if (!p->t0) {
+            /* the schedule starts once every connection is up */
+            int up = 1;
+            for (uint32_t i = 0; i < p->o.concurrency; i++) up &= !p->pc[i].connecting;
+            if (!up) continue;
+            p->t0 = now;
+        }
+        send_due(p, now);
+        if (now > deadline) {
+            pub_report(p, 1);
+            exit(1);
+        }
+    }
+    pub_report(p, 0);
+}
+
+/* ================================================================== command line */
+
+static void usage(void) {
+    fputs("usage:\n"
+          "  loadgen sub --port P --path TEMPLATE --conns N [--host 127.0.0.1] [--topics K]\n"
+          "              [--start-seq S] [--expect E] [--last-event-id ID] [--reconnect]\n"
+          "              [--connect-rate R] [--max-pending M] [--connect-timeout SECS]\n"
+          "              [--print-ids] [--src-salt X]\n"
+          "    TEMPLATE's {k} becomes i %% K for connection i. Prints READY <connected> <failed>\n"
+          "    once every connection got its response head or failed; then reads commands\n"
+          "    on stdin: mark | report | quit.\n"
+          "  loadgen pub --port P --proto herald|nchan --count N [--host 127.0.0.1]\n"
+          "              [--topics K] [--rate R] [--concurrency C] [--topic-prefix t]\n"
+          "              [--start-seq S] [--timeout SECS]\n",
+          stderr);
+    exit(2);
+}
+
+struct argv_iter {
+    int argc, i;
+    char **argv;
+};
+
+static const char *arg_value(struct argv_iter *it) {
+    if (it->i + 1 >= it->argc) die("%s needs a value", it->argv[it->i]);
+    return it->argv[++it->i];
+}
+
+static uint64_t arg_u64(struct argv_iter *it) {
+    const char *v = arg_value(it);
+    char *end;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*end || end == v) die("%s: not a number: %s", it->argv[it->i - 1], v);
+    return x;
+}
+
+static double arg_double(struct argv_iter *it) {
+    const char *v = arg_value(it);
+    char *end;
+    double x = strtod(v, &end);
+    if (*end || end == v) die("%s: not a number: %s", it->argv[it->i - 1], v);
+    return x;
+}
+
+static void split_template(struct sub_opts *o, const char *tpl) {
+    const char *at = strstr(tpl, "{k}");
+    o->templated = at != NULL;
+    if (!at) {
+        o->path_prefix = tpl;
+        o->path_suffix = "";
+        return;
+    }
+    o->path_prefix = strndup(tpl, (size_t)(at - tpl));
+    o->path_suffix = at + 3;
+}
+
+static void parse_sub(int argc, char **argv, struct sub_opts *o) {
+    *o = (struct sub_opts){.host = "127.0.0.1", .topics = 1, .start_seq = 1,
+                           .max_pending = 1000, .connect_timeout_s = 30,
+                           .src_salt = (uint32_t)getpid()};
+    const char *path = NULL;
+    for (struct argv_iter it = {argc, 2, argv}; it.i < argc; it.i++) {
+        const char *a = argv[it.i];
+        if (!strcmp(a, "--host")) o->host = arg_value(&it);
+        else if (!strcmp(a, "--port")) o->port = (int)arg_u64(&it);
+        else if (!strcmp(a, "--path")) path = arg_value(&it);
+        else if (!strcmp(a, "--conns")) o->conns = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--topics")) o->topics = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--start-seq")) o->start_seq = arg_u64(&it);
+        else if (!strcmp(a, "--expect")) o->expect = arg_u64(&it);
+        else if (!strcmp(a, "--last-event-id")) o->last_event_id = arg_value(&it);
+        else if (!strcmp(a, "--reconnect")) o->reconnect = 1;
+        else if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--connect-rate")) o->connect_rate = arg_double(&it);
+        else if (!strcmp(a, "--max-pending")) o->max_pending = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--connect-timeout")) o->connect_timeout_s = arg_double(&it);
+        else if (!strcmp(a, "--src-salt")) o->src_salt = (uint32_t)arg_u64(&it);
+        else usage();
+    }
+    if (!o->port || !path || !o->conns || !o->topics || !o->max_pending) usage();
+    if (o->start_seq == 0) die("--start-seq starts at 1");
+    if (o->last_event_id && strlen(o->last_event_id) >= ID_CAP) die("--last-event-id too long");
+    split_template(o, path);
+}
+
+static void parse_pub(int argc, char **argv, struct pub_opts *o) {
+    *o = (struct pub_opts){.host = "127.0.0.1", .topics = 1, .concurrency = 1,
+                           .start_seq = 1, .topic_prefix = "t", .timeout_s = 600};
+    const char *proto = NULL;
+    for (struct argv_iter it = {argc, 2, argv}; it.i < argc; it.i++) {
+        const char *a = argv[it.i];
+        if (!strcmp(a, "--host")) o->host = arg_value(&it);
+        else if (!strcmp(a, "--port")) o->port = (int)arg_u64(&it);
+        else if (!strcmp(a, "--proto")) proto = arg_value(&it);
+        else if (!strcmp(a, "--topics")) o->topics = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--count")) o->count = arg_u64(&it);
+        else if (!strcmp(a, "--rate")) o->rate = arg_double(&it);
+        else if (!strcmp(a, "--concurrency")) o->concurrency = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--topic-prefix")) o->topic_prefix = arg_value(&it);
+        else if (!strcmp(a, "--start-seq")) o->start_seq = arg_u64(&it);
+        else if (!strcmp(a, "--timeout")) o->timeout_s = arg_double(&it);
+        else usage();
+    }
+    if (!o->port || !proto || !o->topics || !o->concurrency) usage();
+    if (strcmp(proto, "herald") && strcmp(proto, "nchan")) die("--proto is herald or nchan");
+    o->nchan = strcmp(proto, "nchan") == 0;
+    if (strlen(o->topic_prefix) > 100) die("--topic-prefix too long");
+}
+
+static void sub_main(int argc, char **argv) {
+    struct sub *s = calloc(1, sizeof *s);
+    if (!s) die("out of memory");
+    parse_sub(argc, argv, &s->o);
+    s->dst = ipv4_address(s->o.host, s->o.port);
+    s->conns = calloc(s->o.conns, sizeof *s->conns);
+    s->queue = calloc(s->o.conns, sizeof *s->queue);
+    if (!s->conns || !s->queue) die("out of memory");
+    s->ep = epoll_create1(EPOLL_CLOEXEC);
+    epoll_set(s->ep, EPOLL_CTL_ADD, STDIN_FILENO, EPOLLIN, STDIN_TAG);
+    s->start_us = s->mark_us = mono_us();
+    for (uint32_t i = 0; i < s->o.conns; i++) {
+        struct conn *c = &s->conns[i];
+        c->fd = -1;
+        c->last_seq = s->o.start_seq - 1;
+        if (s->o.last_event_id) strcpy(c->last_id, s->o.last_event_id);
+        queue_push(s, i, 0);
+    }
+    sub_loop(s);
+}
+
+static void pub_main(int argc, char **argv) {
+    struct pub *p = calloc(1, sizeof *p);
+    if (!p) die("out of memory");
+    parse_pub(argc, argv, &p->o);
+    p->dst = ipv4_address(p->o.host, p->o.port);
+    p->pc = calloc(p->o.concurrency, sizeof *p->pc);
+    if (!p->pc) die("out of memory");
+    p->ep = epoll_create1(EPOLL_CLOEXEC);
+    for (uint32_t i = 0; i < p->o.concurrency; i++) pconn_open(p, i);
+    pub_run(p);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) usage();
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile_limit();
+    setvbuf(stdout, NULL, _IOFBF, 1 << 16); /* flushed once per loop turn */
+    if (!strcmp(argv[1], "sub")) sub_main(argc, argv);
+    else if (!strcmp(argv[1], "pub")) pub_main(argc, argv);
+    else usage();
+    return 0;
+}

@@ -1,0 +1,137 @@
+"""Child processes pinned to a core, readiness polling, and what /proc says about a pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(RuntimeError):
+    """A server or load generator did not do what the benchmark needs."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: Sequence[str], core: int | None) -> list[str]:
+    """`cmd` under `taskset -c core`, or as it is when `core` is None.
+
+    taskset sets the affinity outright, so the child gets `core` whatever the caller's own
+    affinity is; the caller checks beforehand that the core exists.
+    """
+    if core is None:
+        return list(cmd)
+    if shutil.which("taskset") is None:
+        raise SystemExit("bench: taskset is needed to pin processes (apt-get install util-linux)")
+    return ["taskset", "-c", str(core), *cmd]
+
+
+class Process:
+    """A long-running child whose output goes to a log file; stop() ends it by its pid."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        log: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                list(cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.popen.returncode}: {self.tail()}")
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self, grace: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def http_status(url: str) -> int | None:
+    """The status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None
+
+
+def wait_http(process: Process, url: str, ok: set[int] | None, timeout: float = 30) -> None:
+    """Polls `url` until it answers with a status in `ok` (None: any answer at all)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.check_alive()
+        status = http_status(url)
+        if status is not None and (ok is None or status in ok):
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{process.name}: {url} was not ready within {timeout} s")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size from /proc/PID/statm (shared pages it touched included)."""
+    fields = Path(f"/proc/{pid}/statm").read_text().split()
+    return int(fields[1]) * PAGE_SIZE
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name in parentheses may hold spaces: split after its closing parenthesis.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)

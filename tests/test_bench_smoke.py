@@ -1,0 +1,45 @@
+"""A seconds-long run of the benchmark, so it cannot rot; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NCHAN = shutil.which("nginx") is not None and NCHAN_MODULE.exists()
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_quick_benchmark_runs_every_shape_losing_nothing(tmp_path: Path) -> None:
+    if not NCHAN and os.environ.get("CI") != "true":
+        pytest.skip("nginx with the Nchan module is not installed (scripts/install adds it)")
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_vs_nchan.py", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+
+    assert set(results) == {"herald", "nchan", "baseline"}
+    for server, shapes in results.items():
+        burst = shapes["broadcast"]["burst"]
+        assert burst["delivered"] == burst["expected"], server
+        assert (burst["gaps"], burst["dups"]) == (0, 0), server
+        assert shapes["topics"]["lost"] == 0, server
+    for server in ("herald", "nchan"):
+        storm = results[server]["storm"]
+        assert storm["caught_up"] == storm["clients"]
+        assert (storm["gaps"], storm["dups"]) == (0, 0)
+        assert results[server]["idle"]["open"] == results[server]["idle"]["conns"]
