@@ -48,10 +48,18 @@ class DirectWriter:
         """Write an already framed chunk; False when it must go through `send` instead.
 
         A paused transport means the client reads slowly: the caller then waits for
-        it through `send`, which is where uvicorn applies its flow control.
+        it through `send`, which is where uvicorn applies its flow control. A closing
+        or failing transport also answers False.
         """
         cycle = self._cycle
         if cycle.flow.write_paused or cycle.disconnected or cycle.response_complete:
             return False
-        cycle.transport.write(framed)
+        transport = cycle.transport
+        if transport.is_closing():
+            return False
+        try:
+            transport.write(framed)
+        except Exception:
+            # Never into the hub's loop: the ASGI path will find the connection gone.
+            return False
         return True
