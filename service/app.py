@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__, errors, openapi, routes
+from service.auth import Authenticator
 from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
@@ -31,9 +32,14 @@ def create_app(settings: Settings | None = None) -> Edge:
                 "HERALD_REDIS_URL is not set: running on an in-process fakeredis. This is "
                 "the single-process development mode; events live only as long as the process."
             )
+        if settings.jwt_key is None and not store.embedded:
+            log.warning(
+                "HERALD_JWT_KEY is not set: anyone who reaches this service may publish "
+                "and subscribe to any topic. Set it in production."
+            )
         metrics = Metrics()
         hub = Hub(store, settings, metrics)
-        app.state.herald = Context(settings, store, hub, metrics)
+        app.state.herald = Context(settings, store, hub, metrics, Authenticator.of(settings))
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from service.auth import Authenticator
 from service.hub import Hub
 from service.metrics import Metrics
 from service.settings import Settings
@@ -18,6 +19,8 @@ class Context:
     store: Store
     hub: Hub
     metrics: Metrics
+    auth: Authenticator | None
+    """None when auth is off (no HERALD_JWT_KEY)."""
 
 
 def of(request: Request) -> Context:

@@ -2,6 +2,8 @@
 
     HeraldError           an answer with a status and a JSON `detail`
      ├── BadRequest          400
+     ├── Unauthorized        401 (no token, or one that does not verify)
+     ├── Forbidden           403 (a topic outside the token)
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
      └── Unavailable         503 with Retry-After (Redis unreachable)
@@ -38,6 +40,17 @@ class HeraldError(Exception):
 
 class BadRequest(HeraldError):
     status = 400
+
+
+class Unauthorized(HeraldError):
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(HeraldError):
+    status = 403
 
 
 class PayloadTooLarge(HeraldError):

@@ -67,6 +67,8 @@ class Hub:
         self._topics: dict[str, Topic] = {}
         self._readers: list[Reader] = []
         self._subscribers: set[Subscriber] = set()
+        # Subscribers whose token expires, and when (Unix time).
+        self._expiring: dict[Subscriber, float] = {}
         self._join_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -104,6 +106,8 @@ class Hub:
             topic.subscribers.add(subscriber)
             starts[name] = topic.position
         self._subscribers.add(subscriber)
+        if subscriber.expires_at is not None:
+            self._expiring[subscriber] = subscriber.expires_at
         self._metrics.subscribers.inc()
         return starts
 
@@ -111,6 +115,7 @@ class Hub:
         if subscriber not in self._subscribers:
             return
         self._subscribers.discard(subscriber)
+        self._expiring.pop(subscriber, None)
         for name in subscriber.topics:
             topic = self._topics.get(name)
             if topic is None:
@@ -129,6 +134,10 @@ class Hub:
             await asyncio.sleep(min(_TICK_SECONDS, self._settings.heartbeat_seconds / 2))
             if shutdown.requested():
                 self.end_all(Ended.SHUTDOWN)
+            if self._expiring:
+                now = time.time()
+                for subscriber in [s for s, at in self._expiring.items() if at <= now]:
+                    subscriber.end(Ended.EXPIRED)
             ticks += 1
             if ticks % heartbeat_ticks == 0:
                 # Half the interval apart: no stream stays silent for a whole interval.

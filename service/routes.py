@@ -29,8 +29,11 @@ _READY_TIMEOUT_SECONDS = 2.0
 
 async def publish(ctx: Context, request: Request) -> Response:
     """`POST /publish`: one event or a batch, acknowledged once Redis stored it."""
+    grant = ctx.auth.publisher(request) if ctx.auth else None
     body = await publishing.read_body(request, ctx.settings.max_body_bytes)
     events, batch = publishing.parse_events(body, ctx.settings)
+    if grant is not None:
+        grant.check_publish(e.topic for e in events)
     ids = await ctx.store.publish(
         [(e.topic, e.event, e.text) for e in events], ctx.settings.retention
     )
@@ -41,11 +44,15 @@ async def publish(ctx: Context, request: Request) -> Response:
 
 async def events(ctx: Context, request: Request) -> Response:
     """`GET /events?topic=…`: the SSE stream; the Last-Event-ID header wins over the query."""
+    grant = ctx.auth.subscriber(request) if ctx.auth else None
     topics = parse_topics(request.query_params.getlist("topic"))
+    if grant is not None:
+        grant.check_subscribe(topics)
     position = request.headers.get("last-event-id")
     if position is None:
         position = request.query_params.get("lastEventId")
-    return await open_subscription(ctx, topics, position)
+    expires_at = grant.expires_at if grant is not None else None
+    return await open_subscription(ctx, topics, position, expires_at)
 
 
 HOT: dict[str, tuple[str, HotRoute]] = {"/publish": ("POST", publish), "/events": ("GET", events)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +27,18 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     shutdown_timeout_seconds: float = Field(
         default=10.0, gt=0, description="On SIGTERM, the most time given to streams to end."
+    )
+
+    jwt_key: SecretStr | None = Field(
+        default=None,
+        description="Turns JWT auth on: the HS256 shared secret, or the PEM public key for "
+        "RS256/ES256. Unset: anyone may publish and subscribe (development only).",
+    )
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        default="HS256", description="The one algorithm tokens must be signed with."
+    )
+    jwt_cookie: str = Field(
+        default="herald_token", description="Cookie that may carry a subscriber's token."
     )
 
     retention: int = Field(

@@ -29,6 +29,7 @@ class Ended(enum.Enum):
     STUCK = "the client stopped reading"
     SHUTDOWN = "the server is shutting down"
     UNAVAILABLE = "Redis is unreachable"
+    EXPIRED = "its token expired"
 
 
 class Framer:
@@ -75,12 +76,20 @@ class Subscriber:
         "_send_timeout",
         "_shared",
         "closed",
+        "expires_at",
         "topics",
         "wrote",
     )
 
-    def __init__(self, topics: tuple[str, ...], limit: int, send_timeout: float) -> None:
+    def __init__(
+        self,
+        topics: tuple[str, ...],
+        limit: int,
+        send_timeout: float,
+        expires_at: float | None = None,
+    ) -> None:
         self.topics = topics
+        self.expires_at = expires_at
         self._limit = limit
         self._send_timeout = send_timeout
         self._backlog: list[Batch] = []

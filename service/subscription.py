@@ -37,7 +37,7 @@ def parse_topics(values: list[str]) -> list[str]:
 
 
 async def open_subscription(
-    ctx: Context, topics: list[str], last_event_id: str | None
+    ctx: Context, topics: list[str], last_event_id: str | None, expires_at: float | None = None
 ) -> SubscriptionStream:
     """Validate, register with the hub (503 if Redis is down), and answer the stream."""
     names = normalize_topics(topics)
@@ -50,7 +50,7 @@ async def open_subscription(
         except InvalidPosition as exc:
             raise BadRequest(f"malformed Last-Event-ID: {exc}") from None
     subscriber = Subscriber(
-        names, ctx.settings.subscriber_buffer, ctx.settings.send_timeout_seconds
+        names, ctx.settings.subscriber_buffer, ctx.settings.send_timeout_seconds, expires_at
     )
     live_from = await ctx.hub.subscribe(subscriber)
     return SubscriptionStream(ctx, subscriber, start, live_from)
