@@ -70,6 +70,7 @@ class Hub:
         # Subscribers whose token expires, and when (Unix time).
         self._expiring: dict[Subscriber, float] = {}
         self._join_lock = asyncio.Lock()
+        self._joining = 0
         self._ticker: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
@@ -84,6 +85,11 @@ class Hub:
             subscriber.end(why)
 
     @property
+    def streams(self) -> int:
+        """Subscribers registered or joining: what the connection limit counts."""
+        return len(self._subscribers) + self._joining
+
+    @property
     def healthy(self) -> bool:
         """Every reader loop is running and its last read reached Redis."""
         return all(reader.healthy for reader in self._readers)
@@ -94,12 +100,16 @@ class Hub:
             self._ticker = asyncio.create_task(self._tick(), name="herald-ticker")
         names = subscriber.topics
         if any(name not in self._topics for name in names):
-            async with self._join_lock:
-                missing = [name for name in names if name not in self._topics]
-                if missing:
-                    positions = await self._store.last_generated_ids(missing)
-                    for name in missing:
-                        self._add_topic(name, positions[name])
+            self._joining += 1
+            try:
+                async with self._join_lock:
+                    missing = [name for name in names if name not in self._topics]
+                    if missing:
+                        positions = await self._store.last_generated_ids(missing)
+                        for name in missing:
+                            self._add_topic(name, positions[name])
+            finally:
+                self._joining -= 1
         starts = {}
         for name in names:
             topic = self._topics[name]

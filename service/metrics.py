@@ -43,6 +43,11 @@ class Metrics:
         self.reader_errors = Counter(
             "herald_reader_errors", "Failed hub reads (Redis unreachable).", registry=r
         )
+        self.refused = Counter(
+            "herald_refused_streams",
+            "Subscriptions refused with 503 at the per-process stream limit.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     max_topics: int = Field(
         default=32, ge=1, description="Most topics in one subscription (else 400)."
     )
+    max_streams: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most open streams per process (else 503 with Retry-After).",
+    )
 
     heartbeat_seconds: float = Field(
         default=15.0, gt=0, description="Idle time after which a stream gets a comment line."

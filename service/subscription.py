@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service import sse
 from service.context import Context
 from service.cursor import InvalidPosition, StreamId, normalize_topics, parse_position
-from service.errors import REDIS_DOWN, BadRequest, Invalid
+from service.errors import REDIS_DOWN, BadRequest, Invalid, Unavailable
 from service.models import Topic
 from service.replay import replay
 from service.subscriber import Ended, Framer, Subscriber, body_message
@@ -40,6 +40,9 @@ async def open_subscription(
     ctx: Context, topics: list[str], last_event_id: str | None, expires_at: float | None = None
 ) -> SubscriptionStream:
     """Validate, register with the hub (503 if Redis is down), and answer the stream."""
+    if ctx.hub.streams >= ctx.settings.max_streams:
+        ctx.metrics.refused.inc()
+        raise Unavailable(f"this server holds its limit of {ctx.settings.max_streams} streams")
     names = normalize_topics(topics)
     if len(names) > ctx.settings.max_topics:
         raise BadRequest(f"at most {ctx.settings.max_topics} topics per subscription")

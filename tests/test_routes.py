@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.keys import stream_key
 from service.settings import Settings
+from service.subscriber import Subscriber
 
 
 def make_client(**overrides: object) -> TestClient:
@@ -181,3 +182,21 @@ def test_an_invalid_topic_is_reported_where_it_is(client: TestClient) -> None:
     assert answer.status_code == 422
     (error,) = answer.json()["detail"]
     assert error["loc"] == ["query", "topic", 1]
+
+
+def test_a_subscription_past_the_stream_limit_gets_503_with_retry_after() -> None:
+    with make_client(max_streams=1) as client:
+        ctx = client.app.state.herald  # type: ignore[attr-defined]
+
+        async def hold() -> Subscriber:
+            holder = Subscriber(("held",), 10, 1)
+            await ctx.hub.subscribe(holder)
+            return holder
+
+        holder = client.portal.call(hold)
+        answer = client.get("/events?topic=other")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert "limit of 1 streams" in answer.json()["detail"]
+        client.portal.call(ctx.hub.unsubscribe, holder)
+        assert client.get("/events?topic=t", headers={"Last-Event-ID": "x"}).status_code == 400
