@@ -9,3 +9,8 @@ _STREAM_PREFIX_BYTES = STREAM_PREFIX.encode()
 def stream_key(topic: str) -> bytes:
     """The stream that holds a topic's events."""
     return _STREAM_PREFIX_BYTES + topic.encode()
+
+
+def idempotency_key(key: str) -> bytes:
+    """Where the answer to a publish with `Idempotency-Key: key` is kept."""
+    return b"herald:idem:" + key.encode()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from service.errors import Invalid, PayloadTooLarge
+from service.errors import BadRequest, Invalid, PayloadTooLarge
 from service.models import PublishEvent
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.context import Context
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 _ONE = TypeAdapter(PublishEvent)
 _BATCH: TypeAdapter[list[PublishEvent]] = TypeAdapter(
@@ -58,3 +66,30 @@ def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], b
                 f"{where} data is {size} bytes; the limit is {settings.max_event_bytes}"
             )
     return events, batch
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's `Idempotency-Key`: 1 to 200 visible ASCII characters (400 otherwise)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1 to 200 visible ASCII characters")
+    return key
+
+
+async def publish_once(
+    ctx: Context, key: str, body: bytes, entries: Sequence[tuple[str, str, str]]
+) -> list[str]:
+    """Publish unless `key` was used within the window; either way, the ids it got.
+
+    A key used again with another body is refused (422), so a client bug cannot pass
+    for a retry.
+    """
+    fingerprint = hashlib.sha256(body).hexdigest()[:32]
+    fresh, stored, ids = await ctx.store.publish_once(
+        key, fingerprint, entries, ctx.settings.retention, ctx.settings.idempotency_seconds
+    )
+    if stored != fingerprint:
+        raise Invalid("this Idempotency-Key was used for another body")
+    if fresh:
+        ctx.metrics.published.inc(len(ids))
+    return ids

@@ -30,16 +30,21 @@ _READY_TIMEOUT_SECONDS = 2.0
 async def publish(ctx: Context, request: Request) -> Response:
     """`POST /publish`: one event or a batch, acknowledged once Redis stored it."""
     grant = ctx.auth.publisher(request) if ctx.auth else None
+    idempotency_key = publishing.idempotency_key(request)
     body = await publishing.read_body(request, ctx.settings.max_body_bytes)
     events, batch = publishing.parse_events(body, ctx.settings)
     if grant is not None:
         grant.check_publish(e.topic for e in events)
-    ids = await ctx.store.publish(
-        [(e.topic, e.event, e.text) for e in events], ctx.settings.retention
-    )
-    ctx.metrics.published.inc(len(ids))
+    entries = [(e.topic, e.event, e.text) for e in events]
+    headers = {}
+    if idempotency_key is None:
+        ids = await ctx.store.publish(entries, ctx.settings.retention)
+        ctx.metrics.published.inc(len(ids))
+    else:
+        ids = await publishing.publish_once(ctx, idempotency_key, body, entries)
+        headers = {"Idempotency-Key": idempotency_key}
     answers = [{"topic": e.topic, "id": i} for e, i in zip(events, ids, strict=True)]
-    return JSONResponse(answers if batch else answers[0])
+    return JSONResponse(answers if batch else answers[0], headers=headers)
 
 
 async def events(ctx: Context, request: Request) -> Response:

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     max_topics: int = Field(
         default=32, ge=1, description="Most topics in one subscription (else 400)."
     )
+    idempotency_seconds: int = Field(
+        default=86_400,
+        ge=1,
+        description="How long a publish's Idempotency-Key is remembered.",
+    )
     max_streams: int = Field(
         default=10_000,
         ge=1,

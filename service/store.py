@@ -30,6 +30,23 @@ costs a join, not an encoding of every key and id each time."""
 
 ClientFactory = Callable[[], redis.Redis]
 
+# Check-and-publish in one step, so that two retries racing each other append once:
+# KEYS = idempotency key, then one stream per event; ARGV = fingerprint, retention,
+# window in seconds, then event and data of each event.
+_PUBLISH_ONCE = """
+local stored = redis.call('GET', KEYS[1])
+if stored then return {0, stored} end
+local ids = {}
+for i = 2, #KEYS do
+  local at = 4 + 2 * (i - 2)
+  ids[i - 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*',
+                          'event', ARGV[at], 'data', ARGV[at + 1])
+end
+local answer = ARGV[1] .. ' ' .. table.concat(ids, ' ')
+redis.call('SET', KEYS[1], answer, 'EX', ARGV[3])
+return {1, answer}
+"""
+
 # Redis answers XREAD BLOCK within the block time; this margin covers the round trip.
 _READ_MARGIN_SECONDS = 5.0
 
@@ -67,6 +84,7 @@ class Store:
         self._new_reader_client = reader_factory
         self.embedded = embedded
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
+        self._publish_once = client.register_script(_PUBLISH_ONCE)
 
     @classmethod
     def connect(cls, settings: Settings) -> Store:
@@ -126,6 +144,28 @@ class Store:
                 approximate=True,
             )
         return [_text(raw) for raw in await pipe.execute()]
+
+    async def publish_once(
+        self,
+        key: str,
+        fingerprint: str,
+        events: Sequence[tuple[str, str, str]],
+        retention: int,
+        window_seconds: int,
+    ) -> tuple[bool, str, list[str]]:
+        """Publish under an idempotency key, unless it was already.
+
+        Returns whether this call published, and the fingerprint and ids stored
+        under the key, by this call or the first one within the window.
+        """
+        streams = [keys.stream_key(topic) for topic, _, _ in events]
+        fields = [value for _, event, data in events for value in (event, data)]
+        fresh, answer = await self._publish_once(
+            keys=[keys.idempotency_key(key), *streams],
+            args=[fingerprint, retention, window_seconds, *fields],
+        )
+        stored_fingerprint, *ids = _text(answer).split(" ")
+        return bool(fresh), stored_fingerprint, ids
 
     def _xadd_soon(
         self, key: bytes, event: str, data: str, retention: int

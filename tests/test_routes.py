@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,49 @@ def test_a_subscription_past_the_stream_limit_gets_503_with_retry_after() -> Non
         assert "limit of 1 streams" in answer.json()["detail"]
         client.portal.call(ctx.hub.unsubscribe, holder)
         assert client.get("/events?topic=t", headers={"Last-Event-ID": "x"}).status_code == 400
+
+
+def test_a_retried_publish_with_its_idempotency_key_returns_the_first_id(
+    client: TestClient,
+) -> None:
+    body = {"topic": "orders", "event": "paid", "data": {"order": 7}}
+    headers = {"Idempotency-Key": "order-7-paid"}
+    first = client.post("/publish", json=body, headers=headers)
+    again = client.post("/publish", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert len(stream(client, "orders")) == 1
+    assert client.post("/publish", json=body).json()["id"] != first.json()["id"]
+
+
+def test_a_retried_batch_is_published_once_with_the_same_ids(client: TestClient) -> None:
+    body = [{"topic": "a", "data": 1}, {"topic": "b", "data": 2}]
+    first = client.post("/publish", json=body, headers={"Idempotency-Key": "batch-1"})
+    again = client.post("/publish", json=body, headers={"Idempotency-Key": "batch-1"})
+    assert again.json() == first.json()
+    assert [len(stream(client, t)) for t in ("a", "b")] == [1, 1]
+
+
+def test_an_idempotency_key_reused_for_another_body_gets_422(client: TestClient) -> None:
+    key = {"Idempotency-Key": "k"}
+    client.post("/publish", json={"topic": "t", "data": 1}, headers=key)
+    answer = client.post("/publish", json={"topic": "t", "data": 2}, headers=key)
+    assert answer.status_code == 422
+    assert "another body" in answer.json()["detail"]
+    assert len(stream(client, "t")) == 1
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 201, "tab\there"])
+def test_a_malformed_idempotency_key_gets_400(client: TestClient, key: str) -> None:
+    answer = client.post("/publish", json={"topic": "t"}, headers={"Idempotency-Key": key})
+    assert answer.status_code == 400
+    assert stream(client, "t") == []
+
+
+def test_an_idempotency_key_is_forgotten_after_its_window() -> None:
+    with make_client(idempotency_seconds=1) as client:
+        headers = {"Idempotency-Key": "short-lived"}
+        first = client.post("/publish", json={"topic": "t"}, headers=headers).json()
+        time.sleep(1.2)
+        later = client.post("/publish", json={"topic": "t"}, headers=headers).json()
+    assert later["id"] != first["id"]
