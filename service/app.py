@@ -14,6 +14,7 @@ from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
 from service.metrics import Metrics
+from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
 
@@ -39,7 +40,14 @@ def create_app(settings: Settings | None = None) -> Edge:
             )
         metrics = Metrics()
         hub = Hub(store, settings, metrics)
-        app.state.herald = Context(settings, store, hub, metrics, Authenticator.of(settings))
+        limiter = (
+            RateLimiter(settings.publish_rate, settings.publish_burst)
+            if settings.publish_rate > 0
+            else None
+        )
+        app.state.herald = Context(
+            settings, store, hub, metrics, Authenticator.of(settings), limiter
+        )
         try:
             yield
         finally:

@@ -41,6 +41,8 @@ class Grant:
     subscribe: re.Pattern[str] | None
     expires_at: float | None
     """Unix time of the token's `exp`: a stream it opened ends then."""
+    subject: str | None
+    """The token's `sub`: who the publish rate limit counts."""
 
     def check_publish(self, topics: Iterable[str]) -> None:
         _check(self.publish, "publish to", topics)
@@ -98,6 +100,7 @@ class Authenticator:
             publish=_pattern(herald.get("publish"), "publish"),
             subscribe=_pattern(herald.get("subscribe"), "subscribe"),
             expires_at=float(expires) if expires is not None else None,
+            subject=str(claims["sub"]) if "sub" in claims else None,
         )
 
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from service.auth import Authenticator
 from service.hub import Hub
 from service.metrics import Metrics
+from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
 
@@ -21,6 +22,8 @@ class Context:
     metrics: Metrics
     auth: Authenticator | None
     """None when auth is off (no HERALD_JWT_KEY)."""
+    limiter: RateLimiter | None
+    """None when publishing is not rate limited."""
 
 
 def of(request: Request) -> Context:

@@ -6,6 +6,7 @@
      ├── Forbidden           403 (a topic outside the token)
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
+     ├── TooManyRequests     429 with Retry-After (the client's publish rate)
      └── Unavailable         503 with Retry-After (Redis unreachable)
 
 Redis connection failures anywhere in a request become `Unavailable`; anything
@@ -59,6 +60,17 @@ class PayloadTooLarge(HeraldError):
 
 class Invalid(HeraldError):
     status = 422
+
+
+class TooManyRequests(HeraldError):
+    status = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(HeraldError):

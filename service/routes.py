@@ -7,6 +7,7 @@ the operational routes are FastAPI's.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service import context, publishing
+from service.auth import Grant
 from service.context import Context
-from service.errors import REDIS_DOWN
+from service.errors import REDIS_DOWN, TooManyRequests
 from service.metrics import CONTENT_TYPE
+from service.ratelimit import RateLimiter, retry_after
 from service.subscription import open_subscription, parse_topics
 
 HotRoute = Callable[[Context, Request], Awaitable[Response]]
@@ -35,6 +38,8 @@ async def publish(ctx: Context, request: Request) -> Response:
     events, batch = publishing.parse_events(body, ctx.settings)
     if grant is not None:
         grant.check_publish(e.topic for e in events)
+    if ctx.limiter is not None:
+        _limit(ctx, ctx.limiter, request, grant, len(events))
     entries = [(e.topic, e.event, e.text) for e in events]
     headers = {}
     if idempotency_key is None:
@@ -45,6 +50,22 @@ async def publish(ctx: Context, request: Request) -> Response:
         headers = {"Idempotency-Key": idempotency_key}
     answers = [{"topic": e.topic, "id": i} for e, i in zip(events, ids, strict=True)]
     return JSONResponse(answers if batch else answers[0], headers=headers)
+
+
+def _limit(
+    ctx: Context, limiter: RateLimiter, request: Request, grant: Grant | None, events: int
+) -> None:
+    """429 when this client publishes faster than its rate allows."""
+    client = grant.subject if grant is not None and grant.subject else None
+    if client is None:
+        client = request.client.host if request.client else "unknown"
+    wait = limiter.take(client, events, time.monotonic())
+    if wait:
+        rate = ctx.settings.publish_rate
+        raise TooManyRequests(
+            f"publishing faster than {rate:g} events/s; retry after {wait:.1f} s",
+            retry_after(wait),
+        )
 
 
 async def events(ctx: Context, request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     max_topics: int = Field(
         default=32, ge=1, description="Most topics in one subscription (else 400)."
     )
+    publish_rate: float = Field(
+        default=0,
+        ge=0,
+        description="Events a second one client may publish on average (else 429); "
+        "0: no limit. A client is its token's `sub`, or its address without auth.",
+    )
+    publish_burst: int = Field(
+        default=1000, ge=1, description="Events one client may publish at once."
+    )
     idempotency_seconds: int = Field(
         default=86_400,
         ge=1,
@@ -96,3 +105,9 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Socket timeout of ordinary (non-blocking) Redis commands."
     )
+
+    @model_validator(mode="after")
+    def _a_full_batch_can_pass_the_rate_limit(self) -> Settings:
+        if self.publish_rate > 0 and self.publish_burst < self.max_batch:
+            raise ValueError("publish_burst must be at least max_batch, or full batches never pass")
+        return self

@@ -166,6 +166,17 @@ def test_public_key_algorithms_verify_with_the_public_key(algorithm: str) -> Non
     assert refused.status_code == 401
 
 
+def test_the_publish_rate_limit_counts_each_token_subject_apart() -> None:
+    settings = Settings(jwt_key=SECRET, publish_rate=0.5, publish_burst=1, max_batch=1)
+    alice = bearer(grant(publish=["*"], sub="alice"))
+    bob = bearer(grant(publish=["*"], sub="bob"))
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/publish", json={"topic": "t"}, headers=alice)
+        second = client.post("/publish", json={"topic": "t"}, headers=alice)
+        other = client.post("/publish", json={"topic": "t"}, headers=bob)
+    assert [first.status_code, second.status_code, other.status_code] == [200, 429, 200]
+
+
 # ------------------------------------------------------------------ over real processes
 
 

@@ -247,3 +247,14 @@ def test_an_idempotency_key_is_forgotten_after_its_window() -> None:
         time.sleep(1.2)
         later = client.post("/publish", json={"topic": "t"}, headers=headers).json()
     assert later["id"] != first["id"]
+
+
+def test_a_client_past_its_publish_rate_gets_429_and_publishes_nothing() -> None:
+    with make_client(publish_rate=0.5, publish_burst=2, max_batch=2) as client:
+        for _ in range(2):
+            assert client.post("/publish", json={"topic": "t"}).status_code == 200
+        answer = client.post("/publish", json={"topic": "t"})
+        assert answer.status_code == 429
+        assert answer.headers["retry-after"] == "2"
+        assert "0.5 events/s" in answer.json()["detail"]
+        assert len(stream(client, "t")) == 2
