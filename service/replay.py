@@ -20,15 +20,18 @@ def is_trimmed(after: StreamId, info: StreamInfo) -> bool:
 
     Redis does not record what MAXLEN trimmed (max-deleted-entry-id only follows
     XDEL), but trimming removes the oldest entries, so a position older than the
-    oldest retained entry of a stream that lost entries may have lost events after
-    it. A position the stream has not reached at all means the stream was reset.
+    oldest retained entry may have lost events after it. So may a position older than
+    the first entry of a stream Redis recreated after losing its data. A position the
+    stream has not reached at all means the stream was reset.
     """
     if after > info.last_generated_id or after < info.max_deleted_id:
         return True
-    if info.entries_added <= info.length:
+    if after == ZERO:
         return False
     if info.first_id is None:
-        return after < info.last_generated_id
+        return info.entries_added > info.length and after < info.last_generated_id
+    # Older than the oldest entry: trimmed away, or the stream was recreated after Redis
+    # lost its data (no position a client got from it can be older than its first entry).
     return after < info.first_id
 
 

@@ -58,6 +58,7 @@ def info(length: int, added: int, first: StreamId | None, last: StreamId) -> Str
         ((30, 0), info(2, 2, (1, 0), (2, 0)), True),  # stream behind the position: reset
         ((30, 0), StreamInfo.missing(), True),  # stream gone: reset
         ((0, 0), StreamInfo.missing(), False),  # nothing there, nothing expected
+        ((5, 0), info(3, 3, (8, 0), (10, 0)), True),  # recreated empty, then new events
     ],
 )
 def test_trimmed_history_is_recognised(after: StreamId, stream: StreamInfo, trimmed: bool) -> None:

@@ -1,0 +1,153 @@
+"""Faults survived on real processes: Redis going away and coming back, with and without data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Herald, HeraldLauncher, RedisServer, free_port
+from tests.sse import SSEStream
+
+pytestmark = pytest.mark.integration
+
+FAST_FAILING = {
+    "HERALD_HEARTBEAT_SECONDS": 1,
+    "HERALD_REDIS_TIMEOUT_SECONDS": 1,
+    "HERALD_READER_BLOCK_MS": 500,
+}
+
+
+class PersistentRedis(RedisServer):
+    """A redis-server that writes every command to its AOF before answering."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--appendonly", "yes", "--appendfsync", "always"]
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[list[HeraldLauncher]]:
+    launchers: list[HeraldLauncher] = []
+    yield launchers
+    for launcher in launchers:
+        launcher.stop_all(show_logs=False)
+
+
+def own_redis(kind: type[RedisServer], tmp_path: Path) -> RedisServer:
+    directory = tmp_path / f"redis-{kind.__name__}"
+    directory.mkdir()
+    server = kind(free_port(), directory)
+    server.start()
+    return server
+
+
+async def publish(client: httpx.AsyncClient, app: Herald, topic: str, data: str) -> httpx.Response:
+    return await client.post(f"{app.url}/publish", json={"topic": topic, "data": data})
+
+
+async def publish_when_back(
+    client: httpx.AsyncClient, app: Herald, topic: str, data: str, within: float = 15
+) -> str:
+    """Retry a publish until Redis takes it, as a backend would after a 503."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = await publish(client, app, topic, data)
+        if answer.status_code == 200:
+            return str(answer.json()["id"])
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() < deadline, "Redis never came back for publishing"
+        await asyncio.sleep(0.2)
+
+
+async def readyz(client: httpx.AsyncClient, app: Herald) -> int:
+    return (await client.get(f"{app.url}/readyz")).status_code
+
+
+async def until_ready_is(client: httpx.AsyncClient, app: Herald, status: int) -> None:
+    deadline = time.monotonic() + 15
+    while await readyz(client, app) != status:
+        assert time.monotonic() < deadline, f"/readyz never answered {status}"
+        await asyncio.sleep(0.2)
+
+
+async def test_redis_down_then_back_with_its_data(
+    tmp_path: Path, launch: list[HeraldLauncher]
+) -> None:
+    redis = own_redis(PersistentRedis, tmp_path)
+    launcher = HeraldLauncher(redis.url, tmp_path)
+    launch.append(launcher)
+    app = launcher(**FAST_FAILING)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            SSEStream(client, f"{app.url}/events", params={"topic": "t"}) as stream,
+        ):
+            await asyncio.sleep(0.3)
+            first = (await publish(client, app, "t", "before")).json()["id"]
+            assert (await stream.next_event(timeout=5)).id == first
+
+            redis.kill()
+            refused = await publish(client, app, "t", "while down")
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            await until_ready_is(client, app, 503)
+            comments_before = len(stream.comments)
+            await asyncio.sleep(2.5)
+            assert not stream.closed
+            assert len(stream.comments) >= comments_before + 2, "no heartbeats while down"
+
+            redis.start()
+            second = await publish_when_back(client, app, "t", "after")
+            event = await stream.next_event(timeout=10)
+            await until_ready_is(client, app, 200)
+        assert (event.id, event.data) == (second, "after")
+        assert [e.data for e in stream.events] == ["before", "after"]
+    finally:
+        redis.kill()
+
+
+async def test_redis_restarted_empty_tells_a_resuming_client_and_no_one_else(
+    tmp_path: Path, launch: list[HeraldLauncher]
+) -> None:
+    redis = own_redis(RedisServer, tmp_path)
+    launcher = HeraldLauncher(redis.url, tmp_path)
+    launch.append(launcher)
+    app = launcher(**FAST_FAILING)
+    url = f"{app.url}/events"
+    try:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            SSEStream(client, url, params={"topic": "t"}) as live,
+        ):
+            await asyncio.sleep(0.3)
+            seen = (await publish(client, app, "t", "seen")).json()["id"]
+            await publish(client, app, "t", "unseen by the resuming client")
+
+            redis.kill()
+            redis.start()  # no persistence: every stream is gone
+            fresh = await publish_when_back(client, app, "t", "after the loss")
+
+            async with SSEStream(
+                client, url, params={"topic": "t"}, headers={"Last-Event-ID": seen}
+            ) as resumed:
+                announced = await resumed.next_event(timeout=5)
+                replayed = await resumed.next_event(timeout=5)
+            async with SSEStream(
+                client, url, params={"topic": "t"}, headers={"Last-Event-ID": fresh}
+            ) as current:
+                await asyncio.sleep(0.3)
+                newest = await publish_when_back(client, app, "t", "newest")
+                nothing_missed = await current.next_event(timeout=5)
+            live_events = [(await live.next_event(timeout=5)).data for _ in range(4)]
+
+        assert announced.event == "herald.trimmed"
+        assert announced.id is None or announced.id == seen
+        assert (replayed.id, replayed.data) == (fresh, "after the loss")
+        assert (nothing_missed.event, nothing_missed.id) == ("message", newest)
+        assert live_events == ["seen", "unseen by the resuming client", "after the loss", "newest"]
+    finally:
+        redis.kill()
