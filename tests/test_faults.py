@@ -151,3 +151,37 @@ async def test_redis_restarted_empty_tells_a_resuming_client_and_no_one_else(
         assert live_events == ["seen", "unseen by the resuming client", "after the loss", "newest"]
     finally:
         redis.kill()
+
+
+async def test_clients_of_a_killed_replica_resume_on_the_other_and_miss_nothing(
+    tmp_path: Path, launch: list[HeraldLauncher]
+) -> None:
+    redis = own_redis(RedisServer, tmp_path)
+    launcher = HeraldLauncher(redis.url, tmp_path)
+    launch.append(launcher)
+    doomed, survivor = launcher(), launcher()
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with SSEStream(client, f"{doomed.url}/events", params={"topic": "t"}) as first:
+                await asyncio.sleep(0.3)
+                for n in range(3):
+                    await publish(client, survivor, "t", f"e{n}")
+                got = [await first.next_event(timeout=5) for _ in range(3)]
+                doomed.proc.kill()
+                await first.wait_closed(timeout=10)
+            # Published while the client has no connection at all.
+            for n in range(3, 6):
+                await publish(client, survivor, "t", f"e{n}")
+            async with SSEStream(
+                client,
+                f"{survivor.url}/events",
+                params={"topic": "t"},
+                headers={"Last-Event-ID": got[-1].id or ""},
+            ) as second:
+                rest = [await second.next_event(timeout=5) for _ in range(3)]
+                await publish(client, survivor, "t", "e6")
+                live = await second.next_event(timeout=5)
+        assert [e.data for e in [*got, *rest, live]] == [f"e{n}" for n in range(7)]
+        assert first.error is not None, "a SIGKILLed replica cannot end its streams cleanly"
+    finally:
+        redis.kill()
