@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,18 @@ async def publish_when_back(
         await asyncio.sleep(0.2)
 
 
+async def reader_errors(client: httpx.AsyncClient, app: Herald) -> float:
+    metrics = (await client.get(f"{app.url}/metrics")).text
+    (line,) = [m for m in metrics.splitlines() if m.startswith("herald_reader_errors_total ")]
+    return float(line.split()[1])
+
+
+def cpu_seconds(app: Herald) -> float:
+    """User and system CPU the Herald process used so far."""
+    fields = Path(f"/proc/{app.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def readyz(client: httpx.AsyncClient, app: Herald) -> int:
     return (await client.get(f"{app.url}/readyz")).status_code
 
@@ -96,9 +109,14 @@ async def test_redis_down_then_back_with_its_data(
             assert refused.headers["retry-after"] == "1"
             await until_ready_is(client, app, 503)
             comments_before = len(stream.comments)
+            errors_before = await reader_errors(client, app)
+            cpu_before = cpu_seconds(app)
             await asyncio.sleep(2.5)
             assert not stream.closed
             assert len(stream.comments) >= comments_before + 2, "no heartbeats while down"
+            # Backing off, not spinning: a handful of attempts and little CPU.
+            assert 1 <= await reader_errors(client, app) - errors_before <= 15
+            assert cpu_seconds(app) - cpu_before < 0.5
 
             redis.start()
             second = await publish_when_back(client, app, "t", "after")
