@@ -5,13 +5,15 @@ A broadcast is one socket write per subscriber, and on one core a write costs ab
 Through the ASGI `send` a delivery took about 18 µs; here the hub writes the
 chunk it framed once for the whole batch and pays little more than the write.
 
-Only uvicorn's httptools protocol is recognised, and only while the response is
-chunked, open and the transport is not paused. Anything else, or any other server,
-gets no `DirectWriter`, and frames go through the ASGI `send` as usual.
+Only uvicorn's httptools protocol is recognised (also beneath Starlette's
+CORSMiddleware), and only while the response is chunked, open and the transport is
+not paused. Anything else, or any other server, gets no `DirectWriter`, and frames
+go through the ASGI `send` as usual.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.types import Send
@@ -35,6 +37,10 @@ class DirectWriter:
     @classmethod
     def of(cls, send: Send) -> DirectWriter | None:
         """A writer for the response `send` belongs to, once its headers are sent."""
+        # Starlette's CORSMiddleware wraps `send` in a partial that only touches the
+        # response start; body chunks may bypass it.
+        while isinstance(send, functools.partial) and "send" in send.keywords:
+            send = send.keywords["send"]
         cycle: Any = getattr(send, "__self__", None)
         if type(cycle).__module__ != _UVICORN_HTTPTOOLS:
             return None

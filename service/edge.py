@@ -12,24 +12,42 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import context, errors, routes
+
+CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"]
 
 
 class Edge:
     """The ASGI app uvicorn runs; `api` is the FastAPI app behind it."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, cors_origins: list[str]) -> None:
         self.api = api
+        self._app: ASGIApp = self._route
+        if cors_origins:
+            self._app = CORSMiddleware(
+                self._route,
+                allow_origins=cors_origins,
+                # Cookies and Authorization only towards origins named one by one.
+                allow_credentials="*" not in cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=CORS_HEADERS,
+                expose_headers=["Retry-After", "Idempotency-Key"],
+                max_age=600,
+            )
 
     @property
     def state(self) -> Any:
         return self.api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = routes.HOT.get(scope["path"]) if scope["type"] == "http" else None
         if hot is None:
             await self.api(scope, receive, send)

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default="herald_token", description="Cookie that may carry a subscriber's token."
     )
 
+    cors_origins: list[str] = Field(
+        default=[],
+        description='Origins browsers may call Herald from, as JSON: ["https://app.example"]; '
+        '["*"] for any (then without credentials). Empty: no CORS headers.',
+    )
+
     retention: int = Field(
         default=10_000, ge=1, description="Entries kept per topic stream (approximate MAXLEN)."
     )

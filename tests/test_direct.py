@@ -7,7 +7,8 @@ import socket
 
 import httpx
 import uvicorn
-from starlette.types import Message, Receive, Scope, Send
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.direct import DirectWriter, chunk
 
@@ -16,6 +17,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def get_from_uvicorn(app: ASGIApp, headers: dict[str, str] | None = None) -> httpx.Response:
+    """GET / from `app` served by a real uvicorn with httptools on a free port."""
+    port = free_port()
+    config = uvicorn.Config(app, port=port, http="httptools", loop="asyncio", log_level="error")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient() as client:
+            return await client.get(f"http://127.0.0.1:{port}/", headers=headers)
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def test_frames_written_directly_reach_a_real_client_between_asgi_sends() -> None:
@@ -32,22 +49,30 @@ async def test_frames_written_directly_reach_a_real_client_between_asgi_sends() 
         assert writer.write(chunk(b"direct ")) is True
         await send({"type": "http.response.body", "body": b"last", "more_body": False})
 
-    port = free_port()
-    config = uvicorn.Config(app, port=port, http="httptools", loop="asyncio", log_level="error")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient() as client:
-            answer = await client.get(f"http://127.0.0.1:{port}/")
-    finally:
-        server.should_exit = True
-        await serving
+    answer = await get_from_uvicorn(app)
 
     assert found == [True]
     assert answer.headers["transfer-encoding"] == "chunked"
     assert answer.content == b"first direct last"
+
+
+async def test_the_direct_path_survives_starlettes_cors_middleware() -> None:
+    found: list[bool] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        writer = DirectWriter.of(send)
+        found.append(writer is not None and writer.write(chunk(b"direct")))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    app = CORSMiddleware(inner, allow_origins=["https://app.example"])
+    answer = await get_from_uvicorn(app, {"Origin": "https://app.example"})
+
+    assert found == [True]
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    assert answer.content == b"direct"
 
 
 async def test_any_other_send_gets_no_direct_writer() -> None:

@@ -258,3 +258,39 @@ def test_a_client_past_its_publish_rate_gets_429_and_publishes_nothing() -> None
         assert answer.headers["retry-after"] == "2"
         assert "0.5 events/s" in answer.json()["detail"]
         assert len(stream(client, "t")) == 2
+
+
+def test_cors_preflight_allows_the_sse_and_auth_headers_for_a_configured_origin() -> None:
+    with make_client(cors_origins=["https://app.example"]) as client:
+        preflight = client.options(
+            "/publish",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+            },
+        )
+        stranger = client.options(
+            "/publish",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        published = client.post(
+            "/publish", json={"topic": "t"}, headers={"Origin": "https://app.example"}
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert {"authorization", "last-event-id", "idempotency-key"} <= set(allowed.split(", "))
+    assert stranger.status_code == 400
+    assert published.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_any_origin_is_allowed_without_credentials_and_no_cors_by_default() -> None:
+    with make_client(cors_origins=["*"]) as client:
+        answer = client.get("/healthz", headers={"Origin": "https://x.example"})
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in answer.headers
+    with make_client() as client:
+        answer = client.get("/healthz", headers={"Origin": "https://x.example"})
+    assert "access-control-allow-origin" not in answer.headers
