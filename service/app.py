@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     errors.install(app)
     app.include_router(routes.router)
     openapi.install(app)
-    return Edge(app, settings.cors_origins)
+    return Edge(app, settings.cors_origins, settings.max_header_bytes)
 
 
 def _configure_logging(level: str) -> None:

@@ -9,24 +9,32 @@ answers as FastAPI's routes, and their OpenAPI description is `service.openapi`'
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import context, errors, routes
 
+log = logging.getLogger("herald")
+
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"]
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) for name, value in scope["headers"])
 
 
 class Edge:
     """The ASGI app uvicorn runs; `api` is the FastAPI app behind it."""
 
-    def __init__(self, api: FastAPI, cors_origins: list[str]) -> None:
+    def __init__(self, api: FastAPI, cors_origins: list[str], max_header_bytes: int) -> None:
         self.api = api
+        self._max_header_bytes = max_header_bytes
         self._app: ASGIApp = self._route
         if cors_origins:
             self._app = CORSMiddleware(
@@ -45,6 +53,11 @@ class Edge:
         return self.api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
+            # httptools puts no bound on headers, so the edge answers for them.
+            detail = f"request headers exceed {self._max_header_bytes} bytes"
+            await JSONResponse({"detail": detail}, 431)(scope, receive, send)
+            return
         await self._app(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,6 +76,9 @@ class Edge:
         else:
             try:
                 response = await handler(context.of(request), request)
+            except ClientDisconnect:
+                log.debug("%s %s: the client left mid-request", scope["method"], scope["path"])
+                return
             except Exception as exc:
                 response = errors.response_for(exc, scope["method"], scope["path"])
         await response(scope, receive, send)

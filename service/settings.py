@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Largest /publish request body, in bytes (else 413)."
     )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Largest request headers, in bytes (else 431)."
+    )
     max_batch: int = Field(default=1000, ge=1, description="Most events in one batch (else 413).")
     max_topics: int = Field(
         default=32, ge=1, description="Most topics in one subscription (else 400)."
