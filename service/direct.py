@@ -14,11 +14,15 @@ go through the ASGI `send` as usual.
 from __future__ import annotations
 
 import functools
+import logging
+import socket
 from typing import Any
 
 from starlette.types import Send
 
 _UVICORN_HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
+
+log = logging.getLogger("herald")
 
 
 def chunk(data: bytes) -> bytes:
@@ -69,3 +73,19 @@ class DirectWriter:
             # Never into the hub's loop: the ASGI path will find the connection gone.
             return False
         return True
+
+    def close_when_unacknowledged(self, seconds: float) -> None:
+        """Have the kernel drop the connection when sent data stays unacknowledged this long.
+
+        A client that vanished without a FIN (a dead NAT entry, a pulled cable) never
+        fills the socket buffer with heartbeats alone, so no write ever blocks; the
+        TCP user timeout is what notices it.
+        """
+        sock = self._cycle.transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if sock is None or option is None:
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+        except OSError as exc:
+            log.debug("could not set TCP_USER_TIMEOUT: %s", exc)

@@ -146,6 +146,8 @@ class Subscriber:
         """Write the backlog, then every frame as it comes; `floors` drop what replay sent."""
         self._send = send
         self._direct = DirectWriter.of(send)
+        if self._direct is not None:
+            self._direct.close_when_unacknowledged(self._send_timeout)
         self._framer = framer
         self._shared = not framer.multi
         self._floors = floors

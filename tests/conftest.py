@@ -247,8 +247,11 @@ class HeraldLauncher:
         self.directory = directory
         self.started: list[Herald] = []
 
-    def __call__(self, **env: str | int | float) -> Herald:
-        """Start Herald with `HERALD_REDIS_URL` and `env` (`HERALD_*` names); wait for /readyz."""
+    def __call__(self, host: str = "127.0.0.1", **env: str | int | float) -> Herald:
+        """Start Herald with `HERALD_REDIS_URL` and `env` (`HERALD_*` names); wait for /readyz.
+
+        `host` is where it listens; the tests reach it on 127.0.0.1 either way.
+        """
         port = free_port()
         extra = {name: str(value) for name, value in env.items()}
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
@@ -258,7 +261,7 @@ class HeraldLauncher:
         stderr_path = self.directory / f"herald-{index}-{port}.stderr.log"
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
             proc = subprocess.Popen(
-                [*SERVE, "--host", "127.0.0.1", "--port", str(port)],
+                [*SERVE, "--host", host, "--port", str(port)],
                 cwd=ROOT,
                 env=child_env,
                 stdout=out,
