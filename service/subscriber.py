@@ -74,7 +74,6 @@ class Subscriber:
         "_queued",
         "_send",
         "_send_timeout",
-        "_shared",
         "closed",
         "expires_at",
         "topics",
@@ -97,7 +96,6 @@ class Subscriber:
         self._pending = 0
         self._send: Send | None = None
         self._direct: DirectWriter | None = None
-        self._shared = False
         self._framer: Framer | None = None
         self._floors: dict[str, StreamId] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -116,18 +114,10 @@ class Subscriber:
             self._backlog.append((topic, frames))
             self._count(len(frames))
             return
-        if (
-            self._shared
-            and self._flusher is None
-            and not self._floors
-            and self._direct is not None
-            and self._direct.write(framed)
-        ):
-            self.wrote = True
-            return
         data = self._encode(topic, frames, joined)
         if data:
-            self._write(data, len(frames))
+            # The shared chunk fits only when the subscriber writes the shared bytes.
+            self._write(data, len(frames), framed if data is joined else None)
 
     def heartbeat(self) -> None:
         """Send a comment unless something was written since the last call."""
@@ -149,7 +139,6 @@ class Subscriber:
         if self._direct is not None:
             self._direct.close_when_unacknowledged(self._send_timeout)
         self._framer = framer
-        self._shared = not framer.multi
         self._floors = floors
         backlog, self._backlog, self._pending = self._backlog, [], 0
         parts = [self._encode(topic, frames, None) for topic, frames in backlog]
@@ -185,13 +174,14 @@ class Subscriber:
             joined = b"".join([f.data for f in frames])
         return joined
 
-    def _write(self, data: bytes, events: int) -> None:
+    def _write(self, data: bytes, events: int, framed: bytes | None = None) -> None:
+        """Write `data`; `framed`, when given, is the same already framed as a chunk."""
         self.wrote = True
         if self._flusher is not None:
             self._queued.append(data)
             self._count(events)
             return
-        if self._direct is not None and self._direct.write(chunk(data)):
+        if self._direct is not None and self._direct.write(framed or chunk(data)):
             return
         assert self._send is not None
         try:

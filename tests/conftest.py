@@ -66,6 +66,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def metric(exposition: str, name: str) -> float:
+    """One sample's value from a /metrics answer (Prometheus text format)."""
+    (line,) = [m for m in exposition.splitlines() if m.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 def _wait_for_port_closed(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

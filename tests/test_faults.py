@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Herald, HeraldLauncher, RedisServer, free_port
+from tests.conftest import Herald, HeraldLauncher, RedisServer, free_port, metric
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,9 @@ FAST_FAILING = {
 }
 
 
+Stack = Callable[[type[RedisServer]], tuple[RedisServer, HeraldLauncher]]
+
+
 class PersistentRedis(RedisServer):
     """A redis-server that writes every command to its AOF before answering."""
 
@@ -31,19 +34,28 @@ class PersistentRedis(RedisServer):
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[list[HeraldLauncher]]:
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """Factory: a private redis-server of `kind` and a launcher of Herald processes on it.
+
+    Everything it started is stopped at teardown.
+    """
+    servers: list[RedisServer] = []
     launchers: list[HeraldLauncher] = []
-    yield launchers
+
+    def make(kind: type[RedisServer]) -> tuple[RedisServer, HeraldLauncher]:
+        directory = tmp_path / f"redis-{kind.__name__}"
+        directory.mkdir()
+        server = kind(free_port(), directory)
+        server.start()
+        servers.append(server)
+        launchers.append(HeraldLauncher(server.url, tmp_path))
+        return server, launchers[-1]
+
+    yield make
     for launcher in launchers:
         launcher.stop_all(show_logs=False)
-
-
-def own_redis(kind: type[RedisServer], tmp_path: Path) -> RedisServer:
-    directory = tmp_path / f"redis-{kind.__name__}"
-    directory.mkdir()
-    server = kind(free_port(), directory)
-    server.start()
-    return server
+    for server in servers:
+        server.kill()
 
 
 async def publish(client: httpx.AsyncClient, app: Herald, topic: str, data: str) -> httpx.Response:
@@ -65,9 +77,7 @@ async def publish_when_back(
 
 
 async def reader_errors(client: httpx.AsyncClient, app: Herald) -> float:
-    metrics = (await client.get(f"{app.url}/metrics")).text
-    (line,) = [m for m in metrics.splitlines() if m.startswith("herald_reader_errors_total ")]
-    return float(line.split()[1])
+    return metric((await client.get(f"{app.url}/metrics")).text, "herald_reader_errors_total")
 
 
 def cpu_seconds(app: Herald) -> float:
@@ -87,125 +97,108 @@ async def until_ready_is(client: httpx.AsyncClient, app: Herald, status: int) ->
         await asyncio.sleep(0.2)
 
 
-async def test_redis_down_then_back_with_its_data(
-    tmp_path: Path, launch: list[HeraldLauncher]
-) -> None:
-    redis = own_redis(PersistentRedis, tmp_path)
-    launcher = HeraldLauncher(redis.url, tmp_path)
-    launch.append(launcher)
+async def test_redis_down_then_back_with_its_data(stack: Stack) -> None:
+    redis, launcher = stack(PersistentRedis)
     app = launcher(**FAST_FAILING)
-    try:
-        async with (
-            httpx.AsyncClient(timeout=10) as client,
-            SSEStream(client, f"{app.url}/events", params={"topic": "t"}) as stream,
-        ):
-            await asyncio.sleep(0.3)
-            first = (await publish(client, app, "t", "before")).json()["id"]
-            assert (await stream.next_event(timeout=5)).id == first
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        SSEStream(client, f"{app.url}/events", params={"topic": "t"}) as stream,
+    ):
+        await asyncio.sleep(0.3)
+        first = (await publish(client, app, "t", "before")).json()["id"]
+        assert (await stream.next_event(timeout=5)).id == first
 
-            redis.kill()
-            refused = await publish(client, app, "t", "while down")
-            assert refused.status_code == 503
-            assert refused.headers["retry-after"] == "1"
-            await until_ready_is(client, app, 503)
-            comments_before = len(stream.comments)
-            errors_before = await reader_errors(client, app)
-            cpu_before = cpu_seconds(app)
-            await asyncio.sleep(2.5)
-            assert not stream.closed
-            assert len(stream.comments) >= comments_before + 2, "no heartbeats while down"
-            # Backing off, not spinning: a handful of attempts and little CPU.
-            assert 1 <= await reader_errors(client, app) - errors_before <= 15
-            assert cpu_seconds(app) - cpu_before < 0.5
-
-            redis.start()
-            second = await publish_when_back(client, app, "t", "after")
-            event = await stream.next_event(timeout=10)
-            await until_ready_is(client, app, 200)
-            async with SSEStream(
-                client, f"{app.url}/events", params={"topic": "t"}, headers={"Last-Event-ID": first}
-            ) as resumed:
-                replayed = await resumed.next_event(timeout=5)
-        assert (event.id, event.data) == (second, "after")
-        assert [e.data for e in stream.events] == ["before", "after"]
-        # A client resuming after the restart finds its position kept: no trimmed alarm.
-        assert (replayed.event, replayed.id) == ("message", second)
-    finally:
         redis.kill()
+        refused = await publish(client, app, "t", "while down")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        await until_ready_is(client, app, 503)
+        comments_before = len(stream.comments)
+        errors_before = await reader_errors(client, app)
+        cpu_before = cpu_seconds(app)
+        await asyncio.sleep(2.5)
+        assert not stream.closed
+        assert len(stream.comments) >= comments_before + 2, "no heartbeats while down"
+        # Backing off, not spinning: a handful of attempts and little CPU.
+        assert 1 <= await reader_errors(client, app) - errors_before <= 15
+        assert cpu_seconds(app) - cpu_before < 0.5
+
+        redis.start()
+        second = await publish_when_back(client, app, "t", "after")
+        event = await stream.next_event(timeout=10)
+        await until_ready_is(client, app, 200)
+        async with SSEStream(
+            client, f"{app.url}/events", params={"topic": "t"}, headers={"Last-Event-ID": first}
+        ) as resumed:
+            replayed = await resumed.next_event(timeout=5)
+    assert (event.id, event.data) == (second, "after")
+    assert [e.data for e in stream.events] == ["before", "after"]
+    # A client resuming after the restart finds its position kept: no trimmed alarm.
+    assert (replayed.event, replayed.id) == ("message", second)
 
 
 async def test_redis_restarted_empty_tells_a_resuming_client_and_no_one_else(
-    tmp_path: Path, launch: list[HeraldLauncher]
+    stack: Stack,
 ) -> None:
-    redis = own_redis(RedisServer, tmp_path)
-    launcher = HeraldLauncher(redis.url, tmp_path)
-    launch.append(launcher)
+    redis, launcher = stack(RedisServer)
     app = launcher(**FAST_FAILING)
     url = f"{app.url}/events"
-    try:
-        async with (
-            httpx.AsyncClient(timeout=10) as client,
-            SSEStream(client, url, params={"topic": "t"}) as live,
-        ):
-            await asyncio.sleep(0.3)
-            seen = (await publish(client, app, "t", "seen")).json()["id"]
-            await publish(client, app, "t", "unseen by the resuming client")
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        SSEStream(client, url, params={"topic": "t"}) as live,
+    ):
+        await asyncio.sleep(0.3)
+        seen = (await publish(client, app, "t", "seen")).json()["id"]
+        await publish(client, app, "t", "unseen by the resuming client")
 
-            redis.kill()
-            redis.start()  # no persistence: every stream is gone
-            fresh = await publish_when_back(client, app, "t", "after the loss")
-
-            async with SSEStream(
-                client, url, params={"topic": "t"}, headers={"Last-Event-ID": seen}
-            ) as resumed:
-                announced = await resumed.next_event(timeout=5)
-                replayed = await resumed.next_event(timeout=5)
-            async with SSEStream(
-                client, url, params={"topic": "t"}, headers={"Last-Event-ID": fresh}
-            ) as current:
-                await asyncio.sleep(0.3)
-                newest = await publish_when_back(client, app, "t", "newest")
-                nothing_missed = await current.next_event(timeout=5)
-            live_events = [(await live.next_event(timeout=5)).data for _ in range(4)]
-
-        assert announced.event == "herald.trimmed"
-        assert announced.id is None or announced.id == seen
-        assert (replayed.id, replayed.data) == (fresh, "after the loss")
-        assert (nothing_missed.event, nothing_missed.id) == ("message", newest)
-        assert live_events == ["seen", "unseen by the resuming client", "after the loss", "newest"]
-    finally:
         redis.kill()
+        redis.start()  # no persistence: every stream is gone
+        fresh = await publish_when_back(client, app, "t", "after the loss")
+
+        async with SSEStream(
+            client, url, params={"topic": "t"}, headers={"Last-Event-ID": seen}
+        ) as resumed:
+            announced = await resumed.next_event(timeout=5)
+            replayed = await resumed.next_event(timeout=5)
+        async with SSEStream(
+            client, url, params={"topic": "t"}, headers={"Last-Event-ID": fresh}
+        ) as current:
+            await asyncio.sleep(0.3)
+            newest = await publish_when_back(client, app, "t", "newest")
+            nothing_missed = await current.next_event(timeout=5)
+        live_events = [(await live.next_event(timeout=5)).data for _ in range(4)]
+
+    assert announced.event == "herald.trimmed"
+    assert announced.id is None or announced.id == seen
+    assert (replayed.id, replayed.data) == (fresh, "after the loss")
+    assert (nothing_missed.event, nothing_missed.id) == ("message", newest)
+    assert live_events == ["seen", "unseen by the resuming client", "after the loss", "newest"]
 
 
 async def test_clients_of_a_killed_replica_resume_on_the_other_and_miss_nothing(
-    tmp_path: Path, launch: list[HeraldLauncher]
+    stack: Stack,
 ) -> None:
-    redis = own_redis(RedisServer, tmp_path)
-    launcher = HeraldLauncher(redis.url, tmp_path)
-    launch.append(launcher)
+    _, launcher = stack(RedisServer)
     doomed, survivor = launcher(), launcher()
-    try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with SSEStream(client, f"{doomed.url}/events", params={"topic": "t"}) as first:
-                await asyncio.sleep(0.3)
-                for n in range(3):
-                    await publish(client, survivor, "t", f"e{n}")
-                got = [await first.next_event(timeout=5) for _ in range(3)]
-                doomed.proc.kill()
-                await first.wait_closed(timeout=10)
-            # Published while the client has no connection at all.
-            for n in range(3, 6):
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with SSEStream(client, f"{doomed.url}/events", params={"topic": "t"}) as first:
+            await asyncio.sleep(0.3)
+            for n in range(3):
                 await publish(client, survivor, "t", f"e{n}")
-            async with SSEStream(
-                client,
-                f"{survivor.url}/events",
-                params={"topic": "t"},
-                headers={"Last-Event-ID": got[-1].id or ""},
-            ) as second:
-                rest = [await second.next_event(timeout=5) for _ in range(3)]
-                await publish(client, survivor, "t", "e6")
-                live = await second.next_event(timeout=5)
-        assert [e.data for e in [*got, *rest, live]] == [f"e{n}" for n in range(7)]
-        assert first.error is not None, "a SIGKILLed replica cannot end its streams cleanly"
-    finally:
-        redis.kill()
+            got = [await first.next_event(timeout=5) for _ in range(3)]
+            doomed.proc.kill()
+            await first.wait_closed(timeout=10)
+        # Published while the client has no connection at all.
+        for n in range(3, 6):
+            await publish(client, survivor, "t", f"e{n}")
+        async with SSEStream(
+            client,
+            f"{survivor.url}/events",
+            params={"topic": "t"},
+            headers={"Last-Event-ID": got[-1].id or ""},
+        ) as second:
+            rest = [await second.next_event(timeout=5) for _ in range(3)]
+            await publish(client, survivor, "t", "e6")
+            live = await second.next_event(timeout=5)
+    assert [e.data for e in [*got, *rest, live]] == [f"e{n}" for n in range(7)]
+    assert first.error is not None, "a SIGKILLed replica cannot end its streams cleanly"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import Herald, HeraldFactory
+from tests.conftest import Herald, HeraldFactory, metric
 
 pytestmark = pytest.mark.integration
 
@@ -68,9 +68,7 @@ def namespace() -> Iterator[Namespace]:
 
 
 def open_streams(client: httpx.Client, app: Herald) -> float:
-    metrics = client.get(f"{app.url}/metrics").text
-    (line,) = [m for m in metrics.splitlines() if m.startswith("herald_subscribers ")]
-    return float(line.split()[1])
+    return metric(client.get(f"{app.url}/metrics").text, "herald_subscribers")
 
 
 def test_a_client_gone_without_a_fin_is_released_within_the_send_timeout(

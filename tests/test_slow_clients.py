@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Herald, HeraldFactory
+from tests.conftest import Herald, HeraldFactory, metric
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -40,9 +40,7 @@ async def stalled_client(app: Herald) -> socket.socket:
 
 
 async def subscribers(client: httpx.AsyncClient, app: Herald) -> float:
-    metrics = (await client.get(f"{app.url}/metrics")).text
-    (line,) = [m for m in metrics.splitlines() if m.startswith("herald_subscribers ")]
-    return float(line.split()[1])
+    return metric((await client.get(f"{app.url}/metrics")).text, "herald_subscribers")
 
 
 async def test_a_thousand_stalled_clients_are_released_with_memory_bounded(
