@@ -33,12 +33,14 @@ def test_the_quick_benchmark_runs_every_shape_losing_nothing(tmp_path: Path) -> 
     results = json.loads(out.read_text())["results"]
 
     assert set(results) == {"herald", "nchan", "baseline"}
-    for server, shapes in results.items():
-        burst = shapes["broadcast"]["burst"]
+    # The baseline starts each XREAD at "$", so it may miss what was published before
+    # its first read: that is the design it stands for, so it only has to have run.
+    assert results["baseline"]["broadcast"]["burst"]["delivered"] > 0
+    for server in ("herald", "nchan"):
+        burst = results[server]["broadcast"]["burst"]
         assert burst["delivered"] == burst["expected"], server
         assert (burst["gaps"], burst["dups"]) == (0, 0), server
-        assert shapes["topics"]["lost"] == 0, server
-    for server in ("herald", "nchan"):
+        assert results[server]["topics"]["lost"] == 0, server
         storm = results[server]["storm"]
         assert storm["caught_up"] == storm["clients"]
         assert (storm["gaps"], storm["dups"]) == (0, 0)
