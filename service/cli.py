@@ -1,4 +1,10 @@
-"""The `herald` command: `herald serve` runs the service with uvicorn."""
+"""The `herald` command.
+
+    herald serve [--demo]          the HTTP service (with the demo producers)
+    herald worker NAME             one producer worker: stocks, logs, online, typewriter
+    herald publish TOPIC DATA      publish one event over HTTP
+    herald tail TOPIC…             print a subscription's events as they arrive
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import uvicorn
 from pydantic import ValidationError
@@ -53,18 +59,26 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="herald", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
-    for name, field in Settings.model_fields.items():
-        serve_cmd.add_argument(
+    _add_settings_flags(serve_cmd, Settings.model_fields)
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One `--flag` per setting, named like its `HERALD_` variable."""
+    for name in names:
+        field = Settings.model_fields[name]
+        parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
             metavar=name.upper(),
             help=f"{field.description} Env {ENV_PREFIX}{name.upper()}; default {field.default}.",
         )
-    return parser
 
 
 if __name__ == "__main__":

@@ -115,6 +115,76 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Socket timeout of ordinary (non-blocking) Redis commands."
     )
 
+    presence_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a replica refreshes its per-topic subscriber counts in "
+        "Redis; they expire after three intervals, so a crashed replica's counts vanish.",
+    )
+
+    url: str | None = Field(
+        default=None,
+        description="Herald's base URL. `herald publish` and `herald tail` talk to it "
+        "(default http://127.0.0.1:8000); workers publish over HTTP when it is set, "
+        "else straight into Redis.",
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token the client sends to HERALD_URL (a JWT)."
+    )
+
+    stocks_symbols: str = Field(
+        default="AAPL=189.50,MSFT=415.20,NVDA=131.40,TSLA=248.90,AMZN=186.10",
+        description="Stock ticks worker: SYMBOL=start price, comma separated.",
+    )
+    stocks_rate: float = Field(
+        default=2.0, gt=0, description="Stock ticks worker: ticks a second per symbol."
+    )
+    stocks_volatility: float = Field(
+        default=0.4, ge=0, description="Stock ticks worker: annualised volatility of prices."
+    )
+    stocks_speed: float = Field(
+        default=600.0,
+        gt=0,
+        description="Stock ticks worker: simulated market seconds per real second.",
+    )
+    logs_files: str = Field(
+        default="",
+        description="Log lines worker: NAME=PATH, comma separated; each file's lines go "
+        "to topic logs.NAME.",
+    )
+    logs_poll_seconds: float = Field(
+        default=0.25, gt=0, description="Log lines worker: how often a file is checked."
+    )
+    logs_batch: int = Field(
+        default=200, ge=1, description="Log lines worker: most lines in one publish."
+    )
+    online_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Online counts worker: how often counts are summed; a changed count "
+        "is published at most once per interval.",
+    )
+    typewriter_topic: str = Field(
+        default="chat.demo", description="Typewriter worker: the topic answers stream to."
+    )
+    typewriter_text: str | None = Field(
+        default=None, description="Typewriter worker: the text to stream."
+    )
+    typewriter_file: str | None = Field(
+        default=None,
+        description="Typewriter worker: a file of texts separated by blank lines, streamed "
+        "in turn (instead of HERALD_TYPEWRITER_TEXT).",
+    )
+    typewriter_tokens_per_second: float = Field(
+        default=25.0, gt=0, description="Typewriter worker: average pace of tokens."
+    )
+    typewriter_pause_seconds: float = Field(
+        default=4.0,
+        ge=0,
+        description="Typewriter worker: pause between two answers; the worker loops over "
+        "its texts until stopped.",
+    )
+
     @model_validator(mode="after")
     def _a_full_batch_can_pass_the_rate_limit(self) -> Settings:
         if self.publish_rate > 0 and self.publish_burst < self.max_batch:
