@@ -14,3 +14,8 @@ def stream_key(topic: str) -> bytes:
 def idempotency_key(key: str) -> bytes:
     """Where the answer to a publish with `Idempotency-Key: key` is kept."""
     return b"herald:idem:" + key.encode()
+
+
+def worker_mark(worker: str, name: str) -> bytes:
+    """Where worker `worker` records its progress on source `name` (a hash)."""
+    return f"herald:worker:{worker}:{name}".encode()

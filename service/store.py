@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -167,6 +167,34 @@ class Store:
         stored_fingerprint, *ids = _text(answer).split(" ")
         return bool(fresh), stored_fingerprint, ids
 
+    async def publish_and_mark(
+        self,
+        events: Sequence[tuple[str, str, str]],
+        retention: int,
+        mark_key: bytes,
+        mark: Mapping[str, str],
+    ) -> list[str]:
+        """Publish and record how far a producer got, in one transaction: both or neither."""
+        pipe = self._client.pipeline(transaction=True)
+        for topic, event, data in events:
+            pipe.xadd(
+                keys.stream_key(topic),
+                {"event": event, "data": data},
+                maxlen=retention,
+                approximate=True,
+            )
+        pipe.hset(mark_key, mapping=_hash(mark))
+        replies = await pipe.execute()
+        return [_text(raw) for raw in replies[: len(events)]]
+
+    async def read_mark(self, mark_key: bytes) -> dict[str, str]:
+        """A producer's recorded progress (empty when it never recorded any)."""
+        raw = await self._client.hgetall(mark_key)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def write_mark(self, mark_key: bytes, mark: Mapping[str, str]) -> None:
+        await self._client.hset(mark_key, mapping=_hash(mark))
+
     def _xadd_soon(
         self, key: bytes, event: str, data: str, retention: int
     ) -> asyncio.Future[bytes]:
@@ -312,6 +340,11 @@ def _settle(futures: list[asyncio.Future[bytes]], sending: asyncio.Future[list[A
             future.set_exception(reply)
         else:
             future.set_result(reply)
+
+
+def _hash(fields: Mapping[str, str]) -> dict[Any, str]:
+    # redis-py's key type is a union that a str-keyed dict does not match (dicts are invariant).
+    return dict(fields)
 
 
 def _text(raw: bytes | str) -> str:
