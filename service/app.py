@@ -14,6 +14,7 @@ from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
 from service.metrics import Metrics
+from service.presence import Presence
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
@@ -40,6 +41,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             )
         metrics = Metrics()
         hub = Hub(store, settings, metrics)
+        presence = Presence(store, hub, settings)
+        presence.start()
         limiter = (
             RateLimiter(settings.publish_rate, settings.publish_burst)
             if settings.publish_rate > 0
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            await presence.stop()
             await hub.stop()
             await store.close()
 

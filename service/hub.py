@@ -71,6 +71,8 @@ class Hub:
         self._expiring: dict[Subscriber, float] = {}
         self._join_lock = asyncio.Lock()
         self._joining = 0
+        self.membership = 0
+        """Counts subscribes and unsubscribes, so presence knows when counts changed."""
         self._ticker: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
@@ -88,6 +90,10 @@ class Hub:
     def streams(self) -> int:
         """Subscribers registered or joining: what the connection limit counts."""
         return len(self._subscribers) + self._joining
+
+    def counts(self) -> dict[str, int]:
+        """Local subscribers per topic."""
+        return {name: len(topic.subscribers) for name, topic in self._topics.items()}
 
     @property
     def healthy(self) -> bool:
@@ -119,6 +125,7 @@ class Hub:
         if subscriber.expires_at is not None:
             self._expiring[subscriber] = subscriber.expires_at
         self._metrics.subscribers.inc()
+        self.membership += 1
         return starts
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -136,6 +143,7 @@ class Hub:
                 topic.reader.remove(topic)
         self._metrics.subscribers.dec()
         self._metrics.topics.set(len(self._topics))
+        self.membership += 1
 
     async def _tick(self) -> None:
         heartbeat_ticks = max(1, round(self._settings.heartbeat_seconds / 2 / _TICK_SECONDS))

@@ -19,3 +19,12 @@ def idempotency_key(key: str) -> bytes:
 def worker_mark(worker: str, name: str) -> bytes:
     """Where worker `worker` records its progress on source `name` (a hash)."""
     return f"herald:worker:{worker}:{name}".encode()
+
+
+PRESENCE_REPLICAS = b"herald:presence:replicas"
+"""Sorted set: every replica that reports presence, scored by when its report expires."""
+
+
+def presence(replica: str) -> bytes:
+    """Hash of one replica's subscriber count per topic; it expires unless refreshed."""
+    return f"herald:presence:{replica}".encode()

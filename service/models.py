@@ -69,6 +69,15 @@ class Published(BaseModel):
     id: str = Field(description="The Redis stream entry id, also the SSE event id.")
 
 
+class TopicStatus(BaseModel):
+    """A topic right now: who follows it and what its stream holds."""
+
+    topic: str
+    count: int = Field(description="Subscribers across all replicas.")
+    length: int = Field(description="Entries the stream retains.")
+    last_id: str | None = Field(description="The newest entry's id; null before the first.")
+
+
 def wire_text(data: JsonValue) -> str:
     """Strings verbatim with line breaks normalised to LF; anything else compact JSON."""
     if isinstance(data, str):

@@ -10,15 +10,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Request
+from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service import context, publishing
 from service.auth import Grant
 from service.context import Context
+from service.cursor import format_stream_id
 from service.errors import REDIS_DOWN, TooManyRequests
 from service.metrics import CONTENT_TYPE
+from service.models import TOPIC_PATTERN, TopicStatus
 from service.ratelimit import RateLimiter, retry_after
 from service.subscription import open_subscription, parse_topics
 
@@ -101,6 +105,18 @@ async def readyz(request: Request) -> JSONResponse:
     ready = redis_ok and ctx.hub.healthy
     body = {"ready": ready, "redis": redis_ok, "hub": ctx.hub.healthy}
     return JSONResponse(body, 200 if ready else 503)
+
+
+@router.get("/topics/{topic}", summary="A topic's online count, stream length and last id")
+async def topic_status(
+    request: Request, topic: Annotated[str, FastAPIPath(pattern=TOPIC_PATTERN)]
+) -> TopicStatus:
+    ctx = context.of(request)
+    if ctx.auth is not None:
+        ctx.auth.subscriber(request).check_subscribe([topic])
+    info, online = await asyncio.gather(ctx.store.stream_info(topic), ctx.store.online())
+    last_id = format_stream_id(info.last_generated_id) if info.entries_added else None
+    return TopicStatus(topic=topic, count=online.get(topic, 0), length=info.length, last_id=last_id)
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
@@ -195,6 +196,53 @@ class Store:
     async def write_mark(self, mark_key: bytes, mark: Mapping[str, str]) -> None:
         await self._client.hset(mark_key, mapping=_hash(mark))
 
+    async def stream_info(self, topic: str) -> StreamInfo:
+        reply = (await self._infos([topic]))[0]
+        return _stream_info(reply)
+
+    async def _infos(self, topics: Sequence[str]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for topic in topics:
+            pipe.xinfo_stream(keys.stream_key(topic))
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def report_presence(
+        self, replica: str, counts: Mapping[str, int], ttl_seconds: float
+    ) -> None:
+        """Replace this replica's counts; they vanish after `ttl_seconds` unless reported again."""
+        key = keys.presence(replica)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(key)
+        if counts:
+            pipe.hset(key, mapping=_hash({topic: str(n) for topic, n in counts.items()}))
+        pipe.pexpire(key, max(1, int(ttl_seconds * 1000)))
+        pipe.zadd(keys.PRESENCE_REPLICAS, {replica: time.time() + ttl_seconds})
+        await pipe.execute()
+
+    async def withdraw_presence(self, replica: str) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(keys.presence(replica))
+        pipe.zrem(keys.PRESENCE_REPLICAS, replica)
+        await pipe.execute()
+
+    async def online(self) -> dict[str, int]:
+        """Subscribers per topic, summed over every replica whose report has not expired."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zremrangebyscore(keys.PRESENCE_REPLICAS, "-inf", time.time())
+        pipe.zrange(keys.PRESENCE_REPLICAS, 0, -1)
+        _, replicas = await pipe.execute()
+        if not replicas:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for replica in replicas:
+            pipe.hgetall(keys.presence(_text(replica)))
+        totals: dict[str, int] = {}
+        for counts in await pipe.execute():
+            for topic, n in counts.items():
+                name = _text(topic)
+                totals[name] = totals.get(name, 0) + int(n)
+        return totals
+
     def _xadd_soon(
         self, key: bytes, event: str, data: str, retention: int
     ) -> asyncio.Future[bytes]:
@@ -220,10 +268,7 @@ class Store:
     async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
         """Each topic's newest position: live delivery starts after it."""
         names = list(topics)
-        pipe = self._client.pipeline(transaction=False)
-        for topic in names:
-            pipe.xinfo_stream(keys.stream_key(topic))
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._infos(names)
         return {
             topic: _stream_info(reply).last_generated_id
             for topic, reply in zip(names, replies, strict=True)

@@ -1,9 +1,9 @@
 """Producer workers: each publishes one kind of live data into Herald.
 
-    stocks      stock ticks, a random walk per symbol      event `tick` on stocks.<SYMBOL>
-    logs        lines of files, followed like `tail -F`     event `log` on logs.<name>
-    online      subscriber counts summed over replicas     event `online` on presence.<topic>
-    typewriter  texts streamed token by token               events `token`, `done` on chat.<id>
+stocks      stock ticks, a random walk per symbol      event `tick` on stocks.<SYMBOL>
+logs        lines of files, followed like `tail -F`     event `log` on logs.<name>
+online      subscriber counts summed over replicas     event `online` on presence.<topic>
+typewriter  texts streamed token by token               events `token`, `done` on chat.<id>
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ is set. Outages never end it: `rt.retry` waits them out with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -87,10 +88,8 @@ WorkerMain = Callable[[Runtime], Awaitable[None]]
 
 
 async def run_until_stopped(main: WorkerMain, rt: Runtime) -> None:
-    try:
+    with contextlib.suppress(Stopped):
         await main(rt)
-    except Stopped:
-        pass
 
 
 async def run_process(name: str, main: WorkerMain, settings: Settings) -> None:

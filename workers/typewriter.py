@@ -1,0 +1,96 @@
+"""Typewriter: texts streamed token by token, the shape of an LLM's streaming answer.
+
+Each answer is a run of `token` events then one `done` event on the same topic; the
+tokens joined give back the text exactly. Pacing imitates a model: a moment of
+"thinking", then tokens at `typewriter_tokens_per_second` with a random spread and
+longer pauses after punctuation.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import secrets
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+from service.models import PublishEvent
+from workers.runtime import Runtime
+
+# Word pieces of up to six letters, numbers in threes, single punctuation marks, each
+# carrying the whitespace before it: roughly how BPE vocabularies cut English.
+_TOKEN = re.compile(r"\s*[^\W\d_]{1,6}|\s*\d{1,3}|\s*[^\w\s]|\s*_|\s+")
+_PAUSE_AFTER = {".": 6.0, "!": 6.0, "?": 6.0, ",": 2.5, ";": 2.5, ":": 2.5, "\n": 4.0}
+
+DEFAULT_TEXTS = (
+    "Herald is a pub/sub broadcaster: backends publish events into Redis Streams, and "
+    "browsers subscribe with the plain EventSource API. Every event id is a Redis stream "
+    "id, so a reconnect resumes exactly where it left off — no gap, no duplicate.",
+    "You are reading a typewriter answer: a worker publishes it one token at a time as "
+    "`token` events on chat.demo, then a `done` event. It is the shape of an LLM's "
+    "streaming reply, delivered by the same hub that carries the stock ticks.",
+    "Scaling out is adding replicas. They keep nothing of their own; all state lives in "
+    "Redis, so any replica can resume any client, and no sticky sessions are needed.",
+)
+
+
+def tokens(text: str) -> list[str]:
+    """`text` cut into tokens that join back to exactly `text`."""
+    return _TOKEN.findall(text)
+
+
+def delay_after(token: str, tokens_per_second: float, rng: random.Random) -> float:
+    """Seconds to wait after `token`: the average pace, spread, slower after punctuation."""
+    base = rng.lognormvariate(0.0, 0.45) / tokens_per_second
+    return base * _PAUSE_AFTER.get(token.rstrip(" ")[-1:], 1.0)
+
+
+def load_texts(text: str | None, file: str | None) -> list[str]:
+    if text:
+        return [text]
+    if file:
+        paragraphs = re.split(r"\n\s*\n", Path(file).read_text(encoding="utf-8"))
+        texts = [p.strip() for p in paragraphs if p.strip()]
+        if not texts:
+            raise SystemExit(f"herald worker typewriter: {file} holds no text")
+        return texts
+    return list(DEFAULT_TEXTS)
+
+
+def _cycle(texts: list[str]) -> Iterator[str]:
+    while True:
+        yield from texts
+
+
+async def run(rt: Runtime) -> None:
+    settings = rt.settings
+    texts = load_texts(settings.typewriter_text, settings.typewriter_file)
+    topic = settings.typewriter_topic
+    rng = random.Random()
+    for text in _cycle(texts):
+        await stream_answer(rt, topic, text, rng)
+        await rt.sleep(settings.typewriter_pause_seconds)
+
+
+async def stream_answer(rt: Runtime, topic: str, text: str, rng: random.Random) -> str:
+    """Publish `text` as `token` events then `done`; the answer's id."""
+    answer = secrets.token_hex(4)
+    pace = rt.settings.typewriter_tokens_per_second
+    pieces = tokens(text)
+    await rt.sleep(rng.uniform(0.3, 0.9))
+    for index, piece in enumerate(pieces):
+        event = PublishEvent(
+            topic=topic, event="token", data={"answer": answer, "index": index, "text": piece}
+        )
+        await _publish(rt, event)
+        await rt.sleep(delay_after(piece, pace, rng))
+    done = PublishEvent(topic=topic, event="done", data={"answer": answer, "tokens": len(pieces)})
+    await _publish(rt, done)
+    return answer
+
+
+async def _publish(rt: Runtime, event: PublishEvent) -> None:
+    # A key per event: a retry after a lost answer cannot type a token twice.
+    key = f"typewriter:{event.topic}:{secrets.token_hex(8)}"
+    await rt.retry("publishing tokens", partial(rt.sink.publish, [event], key))
