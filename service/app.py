@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -18,6 +19,9 @@ from service.presence import Presence
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
+
+if TYPE_CHECKING:
+    from workers.runtime import InProcess
 
 log = logging.getLogger("herald")
 
@@ -43,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         hub = Hub(store, settings, metrics)
         presence = Presence(store, hub, settings)
         presence.start()
+        demo = _start_demo(store, settings) if settings.demo else None
         limiter = (
             RateLimiter(settings.publish_rate, settings.publish_burst)
             if settings.publish_rate > 0
@@ -54,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            if demo is not None:
+                await demo.stop()
             await presence.stop()
             await hub.stop()
             await store.close()
@@ -68,6 +75,16 @@ def create_app(settings: Settings | None = None) -> Edge:
     app.include_router(routes.router)
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
+
+
+def _start_demo(store: Store, settings: Settings) -> InProcess:
+    # Imported here: the service needs the workers only for its demo.
+    from workers import demo
+    from workers.runtime import InProcess
+    from workers.sink import StoreSink
+
+    log.info("--demo: stock ticks, a log, online counts and a typewriter publish in-process")
+    return InProcess.start("demo", demo.run, settings, StoreSink(store, settings), store)
 
 
 def _configure_logging(level: str) -> None:

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Socket timeout of ordinary (non-blocking) Redis commands."
     )
 
+    demo: bool = Field(
+        default=False,
+        description="Run the demo producers (stock ticks, a followed log, online counts, "
+        "a typewriter) inside the service, for the page at /.",
+    )
     presence_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -143,7 +148,7 @@ class Settings(BaseSettings):
         default=0.4, ge=0, description="Stock ticks worker: annualised volatility of prices."
     )
     stocks_speed: float = Field(
-        default=600.0,
+        default=120.0,
         gt=0,
         description="Stock ticks worker: simulated market seconds per real second.",
     )

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+_STOP_TIMEOUT_SECONDS = 3.0
 
 
 class Stopped(Exception):
@@ -90,6 +91,37 @@ WorkerMain = Callable[[Runtime], Awaitable[None]]
 async def run_until_stopped(main: WorkerMain, rt: Runtime) -> None:
     with contextlib.suppress(Stopped):
         await main(rt)
+
+
+class InProcess:
+    """A worker running as a task of another process: the service's `--demo`."""
+
+    def __init__(self, runtime: Runtime, task: asyncio.Task[None]) -> None:
+        self._runtime = runtime
+        self._task = task
+
+    @classmethod
+    def start(
+        cls, name: str, main: WorkerMain, settings: Settings, sink: Sink, store: Store | None
+    ) -> InProcess:
+        runtime = Runtime(name, settings, sink, store)
+        task = asyncio.create_task(run_until_stopped(main, runtime), name=f"herald-{name}")
+        task.add_done_callback(_report_crash)
+        return cls(runtime, task)
+
+    async def stop(self) -> None:
+        self._runtime.stopping.set()
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT_SECONDS):
+                await asyncio.gather(self._task, return_exceptions=True)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped with an error", task.get_name(), exc_info=task.exception())
 
 
 async def run_process(name: str, main: WorkerMain, settings: Settings) -> None:
