@@ -91,6 +91,4 @@ async def stream_answer(rt: Runtime, topic: str, text: str, rng: random.Random) 
 
 
 async def _publish(rt: Runtime, event: PublishEvent) -> None:
-    # A key per event: a retry after a lost answer cannot type a token twice.
-    key = f"typewriter:{event.topic}:{secrets.token_hex(8)}"
-    await rt.retry("publishing tokens", partial(rt.sink.publish, [event], key))
+    await rt.retry("publishing tokens", partial(rt.sink.publish, [event]))
