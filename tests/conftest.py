@@ -15,6 +15,7 @@ that happens to be running) and the real service as a subprocess on another free
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def metric(exposition: str, name: str) -> float:
     """One sample's value from a /metrics answer (Prometheus text format)."""
     (line,) = [m for m in exposition.splitlines() if m.startswith(name + " ")]
     return float(line.split()[1])
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
+) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await condition():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 def _wait_for_port_closed(port: int, timeout: float) -> None:
@@ -253,12 +267,15 @@ class HeraldLauncher:
         self.directory = directory
         self.started: list[Herald] = []
 
-    def __call__(self, host: str = "127.0.0.1", **env: str | int | float) -> Herald:
+    def __call__(
+        self, host: str = "127.0.0.1", port: int | None = None, **env: str | int | float
+    ) -> Herald:
         """Start Herald with `HERALD_REDIS_URL` and `env` (`HERALD_*` names); wait for /readyz.
 
-        `host` is where it listens; the tests reach it on 127.0.0.1 either way.
+        `host` is where it listens; the tests reach it on 127.0.0.1 either way. `port`
+        (default: a free one) lets a restarted Herald come back where its clients were.
         """
-        port = free_port()
+        port = port or free_port()
         extra = {name: str(value) for name, value in env.items()}
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         child_env |= {"HERALD_REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"} | extra

@@ -12,9 +12,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import RedisServer
 from service.settings import Settings
 from service.store import Store
+from tests.conftest import RedisServer
 from workers import stocks
 from workers.runtime import Runtime, run_until_stopped
 from workers.sink import StoreSink

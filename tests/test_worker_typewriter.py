@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import RedisServer
 from service.settings import Settings
 from service.store import Store
+from tests.conftest import RedisServer
 from workers import typewriter
 from workers.runtime import Runtime
 from workers.sink import StoreSink
