@@ -74,15 +74,15 @@ def metric(exposition: str, name: str) -> float:
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
+    condition: Callable[[], Awaitable[bool]], what: str, within: float = 10.0
 ) -> None:
-    """Poll `condition` until it holds; fail saying `what` did not happen within `timeout` s."""
-    deadline = time.monotonic() + timeout
+    """Poll `condition` until it holds; fail saying `what` did not happen `within` s."""
+    deadline = time.monotonic() + within
     while True:
         if await condition():
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
+            pytest.fail(f"{what}: not within {within} s")
         await asyncio.sleep(0.05)
 
 

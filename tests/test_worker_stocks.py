@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from service.settings import Settings
 from service.store import Store
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, wait_until
 from workers import stocks
 from workers.runtime import Runtime, run_until_stopped
 from workers.sink import StoreSink
@@ -83,15 +83,13 @@ async def test_ticks_land_in_each_symbols_stream_with_the_documented_fields(
     runtime = Runtime("stocks", settings, StoreSink(store, settings), store)
     started = time.time()
     task = asyncio.create_task(run_until_stopped(stocks.run, runtime))
+
+    async def both_ticked_20_times() -> bool:
+        lengths = [await redis_client.xlen(f"herald:stream:stocks.{s}") for s in ("AAPL", "MSFT")]
+        return min(lengths) >= 20
+
     try:
-        async with asyncio.timeout(10):
-            while (
-                min(
-                    [await redis_client.xlen(f"herald:stream:stocks.{s}") for s in ("AAPL", "MSFT")]
-                )
-                < 20
-            ):
-                await asyncio.sleep(0.05)
+        await wait_until(both_ticked_20_times, "20 ticks of each symbol")
     finally:
         runtime.stopping.set()
         await asyncio.wait_for(task, 5)
