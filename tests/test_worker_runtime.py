@@ -20,7 +20,7 @@ WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Factory: `worker("stocks", HERALD_X=...)` starts `herald worker stocks`; killed at the end."""
+    """Factory: `worker("stocks", HERALD_X=...)` runs `herald worker stocks` until the end."""
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(name: str, **env: str) -> subprocess.Popen[bytes]:
