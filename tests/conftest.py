@@ -262,7 +262,7 @@ class Herald:
 class HeraldLauncher:
     """Starts Herald processes against one redis-server and stops them all at the end."""
 
-    def __init__(self, redis_url: str, directory: Path) -> None:
+    def __init__(self, redis_url: str | None, directory: Path) -> None:
         self.redis_url = redis_url
         self.directory = directory
         self.started: list[Herald] = []
@@ -274,11 +274,14 @@ class HeraldLauncher:
 
         `host` is where it listens; the tests reach it on 127.0.0.1 either way. `port`
         (default: a free one) lets a restarted Herald come back where its clients were.
+        Without a Redis URL it runs on the embedded fakeredis.
         """
         port = port or free_port()
         extra = {name: str(value) for name, value in env.items()}
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-        child_env |= {"HERALD_REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"} | extra
+        child_env |= {"PYTHONUNBUFFERED": "1"} | extra
+        if self.redis_url is not None:
+            child_env["HERALD_REDIS_URL"] = self.redis_url
         index = len(self.started)
         stdout_path = self.directory / f"herald-{index}-{port}.stdout.log"
         stderr_path = self.directory / f"herald-{index}-{port}.stderr.log"
