@@ -1,27 +1,31 @@
 """The `herald` command.
 
-    herald serve [--demo]          the HTTP service (with the demo producers)
-    herald worker NAME             one producer worker: stocks, logs, online, typewriter
-    herald publish TOPIC DATA      publish one event over HTTP
-    herald tail TOPIC…             print a subscription's events as they arrive
+herald serve [--demo]          the HTTP service (with the demo producers)
+herald worker NAME             one producer worker: stocks, logs, online, typewriter
+herald publish TOPIC DATA      publish one event over HTTP
+herald tail TOPIC…             print a subscription's events as they arrive
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
 
 import uvicorn
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 # Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
 import service.shutdown  # noqa: F401
+from service.client import ClientError, Publisher, Rejected
 from service.settings import Settings
+from service.tail import Tail, format_event, start_position
 
 ENV_PREFIX = "HERALD_"
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args, parser)
+    elif args.command == "publish":
+        publish(args, parser)
+    elif args.command == "tail":
+        tail(args, parser)
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -58,6 +66,66 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     )
 
 
+def publish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    url, token = _target(args, parser)
+    # `echo text | herald publish t -` means "text", not "text" and a line break.
+    text = sys.stdin.read().removesuffix("\n") if args.data == "-" else args.data
+    data: JsonValue = text
+    if args.json:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            parser.exit(2, f"herald publish: DATA is not valid JSON: {exc}\n")
+    try:
+        with Publisher(url, token=token) as publisher:
+            published = publisher.publish(
+                args.topic, data, args.event, idempotency_key=args.idempotency_key
+            )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        parser.exit(2, f"herald publish: invalid event: {problems}\n")
+    except ValueError as exc:
+        parser.exit(2, f"herald publish: {exc}\n")
+    except ClientError as exc:
+        parser.exit(1, f"herald publish: {exc}\n")
+    print(json.dumps(published.model_dump()))
+
+
+def tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    url, token = _target(args, parser)
+    position = start_position(args.topics) if args.from_start else args.last_event_id
+    try:
+        follower = Tail(url, args.topics, token=token, last_event_id=position)
+    except ValueError as exc:
+        parser.exit(2, f"herald tail: {exc}\n")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        follower.run(
+            lambda event: print(format_event(event, args.json), flush=True),
+            lambda notice: print(f"herald tail: {notice}", file=sys.stderr, flush=True),
+        )
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # The reader left (`herald tail … | head`): stdout cannot be flushed at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except Rejected as exc:
+        parser.exit(1, f"herald tail: {exc}\n")
+
+
+def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
+    """Herald's URL and token: the flags, else HERALD_URL and HERALD_TOKEN."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        parser.exit(2, f"herald: invalid settings:\n{exc}\n")
+    token = args.token or (settings.token.get_secret_value() if settings.token else None)
+    return args.url or settings.url or DEFAULT_URL, token
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herald", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,7 +133,28 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     _add_settings_flags(serve_cmd, Settings.model_fields)
+    publish_cmd = commands.add_parser("publish", help="publish one event over HTTP")
+    publish_cmd.add_argument("topic", metavar="TOPIC")
+    publish_cmd.add_argument("data", metavar="DATA", help="the event's data; - reads stdin")
+    publish_cmd.add_argument("--event", default="message", help="event type; default message")
+    publish_cmd.add_argument("--json", action="store_true", help="DATA is JSON, sent as such")
+    publish_cmd.add_argument(
+        "--idempotency-key", metavar="K", help="retry-safe key; default a fresh UUID"
+    )
+    _add_client_flags(publish_cmd)
+    tail_cmd = commands.add_parser("tail", help="print a subscription's events as they arrive")
+    tail_cmd.add_argument("topics", nargs="+", metavar="TOPIC")
+    start = tail_cmd.add_mutually_exclusive_group()
+    start.add_argument("--from-start", action="store_true", help="replay the retained history")
+    start.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
+    tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
+    _add_client_flags(tail_cmd)
     return parser
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help=f"Herald's URL; env HERALD_URL, default {DEFAULT_URL}")
+    parser.add_argument("--token", help="bearer token (a JWT); env HERALD_TOKEN")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:

@@ -1,14 +1,8 @@
-"""A small, spec-compliant Server-Sent Events parser and streaming client for tests.
+"""The service's SSE parser with what tests check recorded, and a streaming client for tests.
 
-`SSEParser` follows the WHATWG HTML "event stream interpretation" algorithm exactly, so
-what the tests see is what a browser's `EventSource` would see:
-
-- the stream is UTF-8 (invalid bytes become U+FFFD), one BOM at the very start is dropped;
-- lines end in CRLF, LF or CR, also when a CR ends one chunk and its LF starts the next;
-- `field: value` loses ONE leading space of the value; a line starting with `:` is a comment;
-- `data` lines are joined with LF; an event whose data buffer is empty is not dispatched;
-- `id` values containing NUL are ignored; `retry` is used only when it is all ASCII digits;
-- an event still open when the stream ends is discarded.
+`SSEParser` is `service.sse_parser.SSEParser` (the WHATWG event-stream interpretation,
+so what the tests see is what a browser's `EventSource` would see) that also keeps every
+comment and how many events came before the first `retry` field.
 
 `SSEStream` wraps an `httpx.AsyncClient` streaming GET and reads it in the background,
 so comment (heartbeat) arrival times are real and waiting is always bounded.
@@ -17,7 +11,6 @@ so comment (heartbeat) arrival times are real and waiting is always bounded.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
@@ -26,20 +19,13 @@ from typing import Any
 
 import httpx
 
+from service import sse_parser
+from service.sse_parser import Event
+
 __all__ = ["Comment", "Event", "SSEParser", "SSEStream", "parse"]
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a single wait on a stream may take unless a test says otherwise."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A dispatched event, as `EventSource` would hand it to a listener."""
-
-    id: str | None
-    """The last event id in force when the event was dispatched (`None`: never set)."""
-    event: str = "message"
-    data: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,103 +36,24 @@ class Comment:
     """`time.monotonic()` when the bytes holding it were read."""
 
 
-class SSEParser:
-    """Incremental event-stream parser: `feed(bytes)` returns the events completed so far."""
+class SSEParser(sse_parser.SSEParser):
+    """The service's parser, also recording comments and when `retry` first came.
+
+    The service's own keeps neither: a `herald tail` running for days would pile up heartbeats.
+    """
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._at_stream_start = True  # a BOM may still have to be dropped
-        self._pending = ""  # text of the current, not yet terminated line
-        self._skip_lf = False  # the last chunk ended in CR: an LF starting the next is its pair
-        self._data: list[str] = []
-        self._event_type = ""
-        self._last_event_id: str | None = None  # the spec's "last event ID buffer"
-        self._last_event_id_string: str | None = None  # and the EventSource's own copy
+        super().__init__()
         self.comments: list[str] = []
-        self.retry: int | None = None
         self.events_before_retry: int | None = None
         """How many events had been dispatched when a `retry` field was first seen."""
-        self.dispatched = 0
 
-    @property
-    def last_event_id(self) -> str | None:
-        """The id a reconnecting `EventSource` would send as `Last-Event-ID`."""
-        return self._last_event_id_string
+    def on_comment(self, text: str) -> None:
+        self.comments.append(text)
 
-    def feed(self, data: bytes) -> list[Event]:
-        return self._feed_text(self._decoder.decode(data))
-
-    def close(self) -> list[Event]:
-        """End of stream: flush the decoder; an unterminated line or event is discarded."""
-        self._decoder.decode(b"", final=True)
-        self._pending = ""
-        self._data = []
-        self._event_type = ""
-        return []
-
-    def _feed_text(self, text: str) -> list[Event]:
-        if self._at_stream_start and text:
-            self._at_stream_start = False
-            if text.startswith("\ufeff"):
-                text = text[1:]
-        if self._skip_lf and text:
-            self._skip_lf = False
-            if text.startswith("\n"):
-                text = text[1:]
-        events: list[Event] = []
-        start = 0
-        length = len(text)
-        i = 0
-        while i < length:
-            char = text[i]
-            if char == "\r" or char == "\n":
-                line = self._pending + text[start:i]
-                self._pending = ""
-                if char == "\r":
-                    if i + 1 < length:
-                        if text[i + 1] == "\n":
-                            i += 1
-                    else:
-                        self._skip_lf = True
-                event = self._process_line(line)
-                if event is not None:
-                    events.append(event)
-                start = i + 1
-            i += 1
-        self._pending += text[start:]
-        return events
-
-    def _process_line(self, line: str) -> Event | None:
-        if line == "":
-            return self._dispatch()
-        if line.startswith(":"):
-            comment = line[1:]
-            self.comments.append(comment[1:] if comment.startswith(" ") else comment)
-            return None
-        field, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if field == "event":
-            self._event_type = value
-        elif field == "data":
-            self._data.append(value)
-        elif field == "id":
-            if "\0" not in value:
-                self._last_event_id = value
-        elif field == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value)
-            if self.events_before_retry is None:
-                self.events_before_retry = self.dispatched
-        return None
-
-    def _dispatch(self) -> Event | None:
-        self._last_event_id_string = self._last_event_id
-        data, event_type = self._data, self._event_type
-        self._data, self._event_type = [], ""
-        if not data:
-            return None
-        self.dispatched += 1
-        return Event(id=self._last_event_id, event=event_type or "message", data="\n".join(data))
+    def on_retry(self, ms: int) -> None:
+        if self.events_before_retry is None:
+            self.events_before_retry = self.dispatched
 
 
 def parse(chunks: Iterable[bytes]) -> list[Event]:

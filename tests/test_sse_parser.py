@@ -1,4 +1,4 @@
-"""The test SSE parser follows the WHATWG event-stream interpretation rules."""
+"""The SSE parser (service/sse_parser.py) follows the WHATWG event-stream interpretation rules."""
 
 from __future__ import annotations
 
