@@ -9,7 +9,9 @@ herald tail TOPIC…             print a subscription's events as they arrive
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,6 +25,7 @@ import service.shutdown  # noqa: F401
 from service.client import ClientError, Publisher, Rejected
 from service.settings import Settings
 from service.tail import Tail, format_event, start_position
+from workers import NAMES
 
 ENV_PREFIX = "HERALD_"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -33,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args, parser)
+    elif args.command == "worker":
+        worker(args, parser)
     elif args.command == "publish":
         publish(args, parser)
     elif args.command == "tail":
@@ -40,18 +45,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    # Flags become environment variables so that every uvicorn worker process,
-    # which builds its own app, reads the same settings.
-    for name in Settings.model_fields:
-        value = getattr(args, name)
-        if value is not None:
-            os.environ[ENV_PREFIX + name.upper()] = str(value)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        parser.exit(2, f"herald: invalid settings:\n{exc}\n")
+    settings = _settings(args, parser)
     if settings.redis_url is None and settings.workers > 1:
         parser.exit(2, "herald: --workers > 1 needs HERALD_REDIS_URL (workers share Redis)\n")
+    if settings.demo and settings.workers > 1:
+        parser.exit(2, "herald: --demo runs its producers in one process; use --workers 1\n")
     # uvicorn re-raises the signal that stopped it; after a graceful stop, exit 0.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: sys.exit(0))
@@ -64,6 +62,15 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
+
+
+def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from workers import load
+    from workers.runtime import run_process
+
+    settings = _settings(args, parser)
+    _configure_logging(settings.log_level)
+    asyncio.run(run_process(args.name, load(args.name), settings))
 
 
 def publish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -126,6 +133,25 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[
     return args.url or settings.url or DEFAULT_URL, token
 
 
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    # Flags become environment variables so that every uvicorn worker process,
+    # which builds its own app, reads the same settings.
+    for name in Settings.model_fields:
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = str(value)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        parser.exit(2, f"herald: invalid settings:\n{exc}\n")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herald", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     _add_settings_flags(serve_cmd, Settings.model_fields)
+    worker_cmd = commands.add_parser("worker", help="run one producer worker")
+    worker_cmd.add_argument("name", choices=NAMES, help="which worker")
+    _add_settings_flags(worker_cmd, Settings.model_fields)
     publish_cmd = commands.add_parser("publish", help="publish one event over HTTP")
     publish_cmd.add_argument("topic", metavar="TOPIC")
     publish_cmd.add_argument("data", metavar="DATA", help="the event's data; - reads stdin")
@@ -161,13 +190,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -
     """One `--flag` per setting, named like its `HERALD_` variable."""
     for name in names:
         field = Settings.model_fields[name]
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            metavar=name.upper(),
-            help=f"{field.description} Env {ENV_PREFIX}{name.upper()}; default {field.default}.",
-        )
+        flag = "--" + name.replace("_", "-")
+        about = f"{field.description} Env {ENV_PREFIX}{name.upper()}; default {field.default}."
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_const", const="true", help=about)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=about)
 
 
 if __name__ == "__main__":
