@@ -36,6 +36,11 @@ def retry(ms: int) -> bytes:
     return b"retry: " + str(ms).encode() + b"\n\n"
 
 
+def position(event_id: bytes) -> bytes:
+    """An `id:` line alone: EventSource takes it as its last event id and dispatches nothing."""
+    return b"id: " + event_id + b"\n\n"
+
+
 @functools.lru_cache(maxsize=4096)
 def event_name(raw: bytes | None) -> bytes:
     """The `event:` value for a stream entry's `event` field.

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from starlette.types import Message, Send
 
 from service import sse
-from service.cursor import StreamId, encode_cursor, topic_tag
+from service.cursor import StreamId, encode_cursor, format_stream_id, topic_tag
 from service.direct import DirectWriter, chunk
 from service.send_now import send_now
 from service.sse import Frame
@@ -40,6 +40,12 @@ class Framer:
         self.positions = positions
         self.multi = len(topics) > 1
         self._tag = topic_tag(topics)
+
+    def last_id(self) -> bytes:
+        """The id a client holding these positions resumes from."""
+        if not self.multi:
+            return format_stream_id(self.positions[self.topics[0]]).encode()
+        return encode_cursor(self._tag, [self.positions[t] for t in self.topics]).encode()
 
     def write(self, topic: str, frame: Frame) -> bytes:
         self.positions[topic] = frame.sid

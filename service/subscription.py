@@ -92,7 +92,7 @@ class SubscriptionStream(Response):
             await self._send(
                 send, {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             )
-            await self._send(send, body_message(sse.retry(self._ctx.settings.retry_ms)))
+            await self._send(send, body_message(self._opening()))
             framer, floors = await self._replay(send)
             subscriber.go_live(send, framer, floors)
             why = await subscriber.closed
@@ -107,6 +107,18 @@ class SubscriptionStream(Response):
             self._ctx.hub.unsubscribe(subscriber)
         await subscriber.stop_writing()
         await self._finish(send, why)
+
+    def _opening(self) -> bytes:
+        """`retry:` and, for a live start, the position it starts from.
+
+        A client that drops before its first event then resumes from where it
+        connected, instead of starting live again and missing what came between.
+        """
+        opening = sse.retry(self._ctx.settings.retry_ms)
+        if self._start is None:
+            live = Framer(self._subscriber.topics, dict(self._live_from))
+            opening += sse.position(live.last_id())
+        return opening
 
     async def _send(self, send: Send, message: Message) -> None:
         async with asyncio.timeout(self._ctx.settings.send_timeout_seconds):

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from tests.conftest import Herald, HeraldFactory
+from tests.conftest import Herald, HeraldFactory, wait_until
 from tests.sse import Event, SSEParser, SSEStream
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -274,6 +274,32 @@ async def test_a_subscription_without_position_starts_live(
     async with live_stream(client, app, ["live"]) as stream:
         new_id = await publish(client, app, "live", "new", event="new")
         assert await stream.next_event() == Event(new_id, "new", "new")
+
+
+@pytest.mark.parametrize("topics", [["opening.one"], ["opening.a", "opening.b"]])
+async def test_a_live_start_gives_its_position_so_a_drop_before_any_event_misses_nothing(
+    herald: HeraldFactory, client: httpx.AsyncClient, topics: list[str]
+) -> None:
+    app = herald()
+    await publish(client, app, topics[0], "before the subscription", event="old")
+    url = f"{app.url}/events"
+    async with SSEStream(client, url, params=topic_params(topics)) as stream:
+
+        async def positioned() -> bool:
+            return stream.last_id is not None
+
+        await wait_until(positioned, "the opening id: line")
+        assert stream.events == [], "the position alone dispatches no event"
+        position = stream.last_id
+    assert position is not None
+    # Dropped before its first event: what is published now must not be lost.
+    missed = [f"after, on {topic}" for topic in topics]
+    for topic, data in zip(topics, missed, strict=True):
+        await publish(client, app, topic, data, event="new")
+    headers = {"Last-Event-ID": position}
+    async with SSEStream(client, url, params=topic_params(topics), headers=headers) as resumed:
+        assert [e.data for e in await resumed.collect(len(missed))] == missed
+        await resumed.expect_silence(0.3)
 
 
 # --------------------------------------------------------------------------- b. resume
