@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, RedisServer
+from tests.conftest import ROOT, HeraldFactory, RedisServer, metric
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
@@ -79,6 +80,22 @@ def test_a_worker_waits_out_a_redis_outage_and_stops_cleanly_on_sigterm(
     log = (tmp_path / "stocks-0.log").read_text()
     assert "retrying with backoff" in log
     assert "works again" in log
+
+
+@pytest.mark.integration
+def test_with_herald_url_a_worker_publishes_over_http(
+    worker: WorkerFactory, herald: HeraldFactory, flushed_redis: RedisServer
+) -> None:
+    app = herald()
+    proc = worker(
+        "stocks", HERALD_URL=app.url, HERALD_STOCKS_SYMBOLS="AAPL=100", HERALD_STOCKS_RATE="20"
+    )
+    wait_for(lambda: ticks(flushed_redis.url) >= 5, "ticks published through Herald")
+    with httpx.Client() as client:
+        metrics = client.get(f"{app.url}/metrics").text
+    assert metric(metrics, "herald_published_events_total") >= 5
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
 
 
 def test_a_worker_with_nowhere_to_publish_says_what_to_set(
