@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NewType
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -136,6 +137,10 @@ class Store:
         if len(events) == 1:
             topic, event, data = events[0]
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
+        return [_text(raw) for raw in await self._appending(events, retention).execute()]
+
+    def _appending(self, events: Sequence[tuple[str, str, str]], retention: int) -> Pipeline:
+        """A transaction that XADDs each (topic, event, data)."""
         pipe = self._client.pipeline(transaction=True)
         for topic, event, data in events:
             pipe.xadd(
@@ -144,7 +149,7 @@ class Store:
                 maxlen=retention,
                 approximate=True,
             )
-        return [_text(raw) for raw in await pipe.execute()]
+        return pipe
 
     async def publish_once(
         self,
@@ -176,14 +181,7 @@ class Store:
         mark: Mapping[str, str],
     ) -> list[str]:
         """Publish and record how far a producer got, in one transaction: both or neither."""
-        pipe = self._client.pipeline(transaction=True)
-        for topic, event, data in events:
-            pipe.xadd(
-                keys.stream_key(topic),
-                {"event": event, "data": data},
-                maxlen=retention,
-                approximate=True,
-            )
+        pipe = self._appending(events, retention)
         pipe.hset(mark_key, mapping=_hash(mark))
         replies = await pipe.execute()
         return [_text(raw) for raw in replies[: len(events)]]
