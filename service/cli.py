@@ -4,6 +4,7 @@ herald serve [--demo]          the HTTP service (with the demo producers)
 herald worker NAME             one producer worker: stocks, logs, online, typewriter
 herald publish TOPIC DATA      publish one event over HTTP
 herald tail TOPIC…             print a subscription's events as they arrive
+herald check                   publish one event and read it back over SSE
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import JsonValue, ValidationError
 
 # Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
 import service.shutdown  # noqa: F401
+from service.check import DEFAULT_TIMEOUT, CheckFailed, round_trip
 from service.client import ClientError, Publisher, Rejected
 from service.settings import Settings
 from service.tail import Tail, format_event, start_position
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         publish(args, parser)
     elif args.command == "tail":
         tail(args, parser)
+    elif args.command == "check":
+        check(args, parser)
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -123,6 +127,16 @@ def tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.exit(1, f"herald tail: {exc}\n")
 
 
+def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    url, token = _target(args, parser)
+    try:
+        print(round_trip(url, token=token, timeout=args.timeout))
+    except ValueError as exc:
+        parser.exit(2, f"herald check: {exc}\n")
+    except CheckFailed as exc:
+        parser.exit(1, f"herald check: {exc}\n")
+
+
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
     """Herald's URL and token: the flags, else HERALD_URL and HERALD_TOKEN."""
     try:
@@ -178,6 +192,15 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
     tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
     _add_client_flags(tail_cmd)
+    check_cmd = commands.add_parser("check", help="publish one event and read it back over SSE")
+    check_cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds the whole check may take; default {DEFAULT_TIMEOUT:g}",
+    )
+    _add_client_flags(check_cmd)
     return parser
 
 
