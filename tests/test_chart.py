@@ -11,18 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from service.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RedisServer, free_port
 
 CHART = ROOT / "helm" / "herald"
 KUBE_VERSION = "1.30.0"
@@ -465,3 +468,79 @@ def test_the_notes_tell_how_to_publish_and_subscribe(helm: str, tmp_path: Path) 
     assert 'curl -N "$URL/events?topic=stocks.AAPL"' in notes
     assert 'curl -s "$URL/publish"' in notes
     assert "helm test herald" in notes
+
+
+# --------------------------------------------------------------------------- the rendered pods, run
+
+
+def test_the_rendered_pods_run_herald_and_pass_the_helm_test(
+    helm: str, tmp_path: Path, flushed_redis: RedisServer
+) -> None:
+    """The server's and a worker's container, run as processes with the environment the
+    chart gives them, and the test hook's command against them."""
+    values = {
+        "redis": {"deploy": False, "url": flushed_redis.url},
+        "workers": {"stocks": {"enabled": True}},
+        "config": {"stocksSymbols": "ACME=10", "stocksRate": 20, "heartbeatSeconds": 2},
+    }
+    docs = render(helm, tmp_path, values)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env |= only(docs, "ConfigMap")["data"] | only(docs, "Secret")["stringData"]
+    port = free_port()
+    env |= {"HERALD_PORT": str(port), "HERALD_HOST": "127.0.0.1"}  # the pod's own network
+
+    def run(args: list[str], log: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / log).open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "service", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    (server_container,) = server(docs)["spec"]["template"]["spec"]["containers"]
+    (worker_container,) = only(docs, "Deployment", "herald-stocks")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    (hook,) = only(docs, "Pod")["spec"]["containers"]
+    herald_process = run(server_container["args"], "server.log")
+    worker_process = run(worker_container["args"], "worker.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, herald_process, tmp_path / "server.log")
+        args = [url if a == "http://herald:80" else a for a in hook["args"]]
+        check = subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.startswith("ok:")
+        ticks = 0
+        deadline = time.monotonic() + 10
+        while ticks < 5 and time.monotonic() < deadline:
+            ticks = httpx.get(f"{url}/topics/stocks.ACME").json()["length"]
+            time.sleep(0.1)
+        assert ticks >= 5, (tmp_path / "worker.log").read_text()
+    finally:
+        grace = server(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for process in (worker_process, herald_process):
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(grace) == 0
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"Herald did not become ready:\n{log.read_text()}")
