@@ -175,14 +175,15 @@ def test_the_chart_lints_strictly(helm: str, tmp_path: Path, name: str) -> None:
     assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout
 
 
+@pytest.mark.parametrize("kube", [KUBE_VERSION, kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_manifest_validates_against_the_kubernetes_schemas_with_no_unknown_field(
-    rendered: dict[str, list[Any]], name: str
+    rendered: dict[str, list[Any]], name: str, kube: str
 ) -> None:
     for doc in rendered[name]:
         if doc["kind"] in CUSTOM_KINDS:
             continue
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(doc, kube, strict=True)
 
 
 @pytest.fixture(scope="session")
