@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.redis_url import RedisTarget
 
 
 class Settings(BaseSettings):
@@ -19,7 +21,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL (redis:// or rediss://). Unset: in-process fakeredis, one process.",
+        description="Redis URL: redis:// or rediss:// (one server), redis+sentinel:// or "
+        "redis+cluster:// (README: Redis deployments). Unset: in-process fakeredis, one process.",
     )
     host: str = Field(default="127.0.0.1", description="Address `herald serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `herald serve` listens on.")
@@ -189,6 +192,13 @@ class Settings(BaseSettings):
         description="Typewriter worker: pause between two answers; the worker loops over "
         "its texts until stopped.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_deployment_herald_knows(cls, url: str | None) -> str | None:
+        if url is not None:
+            RedisTarget.parse(url)
+        return url
 
     @model_validator(mode="after")
     def _a_full_batch_can_pass_the_rate_limit(self) -> Settings:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from service import keys
+from service import connections, keys
 from service.cursor import ZERO, StreamId, format_stream_id, stream_id_of
+from service.redis_url import RedisTarget
 from service.settings import Settings
 
 log = logging.getLogger("herald")
@@ -29,8 +28,6 @@ XreadReply = list[tuple[bytes, list[Entry]]]
 Arg = NewType("Arg", bytes)
 """A command argument already in its wire form, so a read over thousands of streams
 costs a join, not an encoding of every key and id each time."""
-
-ClientFactory = Callable[[], redis.Redis]
 
 # Check-and-publish in one step, so that two retries racing each other append once:
 # KEYS = idempotency key, then one stream per event; ARGV = fingerprint, retention,
@@ -48,9 +45,6 @@ local answer = ARGV[1] .. ' ' .. table.concat(ids, ' ')
 redis.call('SET', KEYS[1], answer, 'EX', ARGV[3])
 return {1, answer}
 """
-
-# Redis answers XREAD BLOCK within the block time; this margin covers the round trip.
-_READ_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +75,9 @@ class Store:
     so a failure reaches the caller, which answers 503.
     """
 
-    def __init__(self, client: redis.Redis, reader_factory: ClientFactory, embedded: bool):
+    def __init__(
+        self, client: redis.Redis, reader_factory: connections.ClientFactory, embedded: bool
+    ):
         self._client = client
         self._new_reader_client = reader_factory
         self.embedded = embedded
@@ -92,25 +88,8 @@ class Store:
     def connect(cls, settings: Settings) -> Store:
         if settings.redis_url is None:
             return cls._embedded()
-        url = settings.redis_url
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
-        read_timeout = settings.reader_block_ms / 1000 + _READ_MARGIN_SECONDS
-
-        def reader_client() -> redis.Redis:
-            return redis.Redis.from_url(
-                url,
-                socket_timeout=read_timeout,
-                socket_connect_timeout=settings.redis_timeout_seconds,
-                retry=Retry(NoBackoff(), 0),
-                single_connection_client=True,
-            )
-
-        return cls(client, reader_client, embedded=False)
+        clients = connections.connect(RedisTarget.parse(settings.redis_url), settings)
+        return cls(clients.commands, clients.reader, embedded=False)
 
     @classmethod
     def _embedded(cls) -> Store:
@@ -297,7 +276,7 @@ def encode_arg(value: bytes) -> Arg:
 class StreamReader:
     """A dedicated connection for XREAD BLOCK, which another connection can interrupt."""
 
-    def __init__(self, factory: ClientFactory, control: redis.Redis) -> None:
+    def __init__(self, factory: connections.ClientFactory, control: redis.Redis) -> None:
         self._factory = factory
         self._control = control
         self._client: redis.Redis | None = None
