@@ -7,7 +7,8 @@
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
      ├── TooManyRequests     429 with Retry-After (the client's publish rate)
-     └── Unavailable         503 with Retry-After (Redis unreachable)
+     ├── Unavailable         503 with Retry-After (Redis unreachable)
+     └── PartlyPublished     503 with Retry-After and each event's result (Redis Cluster)
 
 Redis connection failures anywhere in a request become `Unavailable`; anything
 unexpected becomes a 500 whose body says nothing about the code.
@@ -20,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,6 +39,9 @@ class HeraldError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
 
 
 class BadRequest(HeraldError):
@@ -80,16 +85,38 @@ class Unavailable(HeraldError):
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+class PartlyPublished(Unavailable):
+    """Some events of a batch landed and some did not: a batch spans shards on a Cluster.
+
+    `results` holds, in order, `{"topic", "id"}` for each event that landed and
+    `{"topic", "error"}` for each that did not; a retry with the same Idempotency-Key
+    publishes only the missing ones.
+    """
+
+    def __init__(self, results: list[dict[str, str]]) -> None:
+        failed = sum("error" in r for r in results)
+        super().__init__(
+            f"{failed} of {len(results)} events were not published (Redis unreachable); "
+            "retry with the same Idempotency-Key"
+        )
+        self.results = results
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "results": self.results}
+
+
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Cluster answers meaning "not here, or not now": the command did not run.
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
 def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
     """The answer to a request that failed with `exc`."""
-    if isinstance(exc, REDIS_DOWN):
+    if isinstance(exc, (*REDIS_DOWN, *REDIRECTED)):
         log.warning("redis unreachable during %s %s: %s", method, path, exc)
         exc = Unavailable("Redis is unreachable, try again shortly")
     if isinstance(exc, HeraldError):
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers())
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
     log.error("unexpected error during %s %s", method, path, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, 500)
 
@@ -100,5 +127,5 @@ def install(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return response_for(exc, request.method, request.url.path)
 
-    for exc_type in (HeraldError, *REDIS_DOWN, Exception):
+    for exc_type in (HeraldError, *REDIS_DOWN, *REDIRECTED, Exception):
         app.add_exception_handler(exc_type, handle)
