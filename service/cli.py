@@ -52,6 +52,8 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     settings = _settings(args, parser)
     if settings.redis_url is None and settings.workers > 1:
         parser.exit(2, "herald: --workers > 1 needs HERALD_REDIS_URL (workers share Redis)\n")
+    if settings.redis_url is None and settings.publish_replicas:
+        parser.exit(2, "herald: --publish-replicas needs HERALD_REDIS_URL (fakeredis has none)\n")
     if settings.demo and settings.workers > 1:
         parser.exit(2, "herald: --demo runs its producers in one process; use --workers 1\n")
     # uvicorn re-raises the signal that stopped it; after a graceful stop, exit 0.

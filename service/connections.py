@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from service.redis_url import InvalidRedisUrl, RedisTarget
+from service.sentinel import Primary
 from service.settings import Settings
 
 ClientFactory = Callable[[], redis.Redis]
@@ -33,25 +36,80 @@ class Clients:
 def connect(target: RedisTarget, settings: Settings) -> Clients:
     if target.mode == "standalone":
         return standalone(target, settings)
+    if target.mode == "sentinel":
+        return sentinel(target, settings)
     raise InvalidRedisUrl(f"{target.mode} deployments are not supported yet")
 
 
 def standalone(target: RedisTarget, settings: Settings) -> Clients:
+    url, credentials = _credentials_apart(target)
     client = redis.Redis.from_url(
-        target.url,
+        url,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 0),
+        **credentials,
     )
     read_timeout = settings.reader_block_ms / 1000 + READ_MARGIN_SECONDS
 
     def reader() -> redis.Redis:
         return redis.Redis.from_url(
-            target.url,
+            url,
             socket_timeout=read_timeout,
             socket_connect_timeout=settings.redis_timeout_seconds,
             retry=Retry(NoBackoff(), 0),
             single_connection_client=True,
+            **credentials,
         )
 
     return Clients(client, reader)
+
+
+def _credentials_apart(target: RedisTarget) -> tuple[str, dict[str, Any]]:
+    """The URL without its credentials, and the credentials as the target reads them.
+
+    from_url would take a lone `secret@` for a user name; Herald reads it as a password,
+    like redis-cli (and as the Sentinel and Cluster clients get it). A unix:// URL goes
+    to from_url whole.
+    """
+    if not target.hosts:
+        return target.url, {}
+    scheme, _, rest = target.url.partition("://")
+    rest, question, query = rest.partition("?")
+    head, slash, path = rest.partition("/")
+    url = f"{scheme}://{head.rpartition('@')[2]}{slash}{path}{question}{query}"
+    return url, {"username": target.username, "password": target.password}
+
+
+def sentinel(target: RedisTarget, settings: Settings) -> Clients:
+    """Clients of the primary the sentinels name for `target.service`, following failovers."""
+    assert target.service is not None
+    timeout = settings.redis_timeout_seconds
+    tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": target.ca_certs} if target.tls else {}
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        target.hosts,
+        sentinel_kwargs={
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # Discovery asks the next sentinel when one fails: no retries on the same one.
+            "retry": Retry(NoBackoff(), 0),
+            **tls,
+        },
+    )
+    primary = Primary(sentinels, target.service, tls=target.tls)
+    node: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "db": target.db,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        **({"ssl_ca_certs": target.ca_certs} if target.tls else {}),
+    }
+    read_timeout = settings.reader_block_ms / 1000 + READ_MARGIN_SECONDS
+
+    def reader() -> redis.Redis:
+        return primary.reader(socket_timeout=read_timeout, **node)
+
+    return Clients(primary.client(socket_timeout=timeout, **node), reader)

@@ -74,6 +74,10 @@ class RedisTarget:
             raise InvalidRedisUrl(
                 "several hosts need redis+sentinel:// or redis+cluster:// in HERALD_REDIS_URL"
             )
+        if mode != "sentinel" and {"sentinel_username", "sentinel_password"} & query.keys():
+            raise InvalidRedisUrl(
+                "?sentinel_username= and ?sentinel_password= need redis+sentinel://"
+            )
         username, password = _credentials(credentials) if at else (None, None)
         segments = [unquote(s) for s in path.split("/") if s]
         service = None
@@ -112,7 +116,7 @@ def _host(item: str, default_port: int) -> tuple[str, int]:
 def _credentials(text: str) -> tuple[str | None, str | None]:
     user, colon, password = text.partition(":")
     if not colon:
-        return None, unquote(user) or None  # redis://password@host, as redis-py reads it
+        return None, unquote(user) or None  # redis://password@host, as redis-cli reads it
     return unquote(user) or None, unquote(password) or None
 
 

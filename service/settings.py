@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     retention: int = Field(
         default=10_000, ge=1, description="Entries kept per topic stream (approximate MAXLEN)."
     )
+    publish_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Acknowledge a publish only once this many replicas have it (Redis WAIT); "
+        "0: once the primary has it.",
+    )
+    publish_replicas_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="How long a publish waits for HERALD_PUBLISH_REPLICAS replicas; fewer in "
+        "time: 503, the events stored on the primary (retry with the same Idempotency-Key).",
+    )
     max_event_bytes: int = Field(
         default=64 * 1024, ge=1, description="Largest event data accepted, in bytes (else 413)."
     )

@@ -22,7 +22,7 @@ import httpx
 from service import sse_parser
 from service.sse_parser import Event
 
-__all__ = ["Comment", "Event", "SSEParser", "SSEStream", "parse"]
+__all__ = ["Comment", "Event", "Following", "SSEParser", "SSEStream", "parse"]
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a single wait on a stream may take unless a test says otherwise."""
@@ -231,3 +231,73 @@ class SSEStream:
             raise AssertionError(
                 f"stream not ended within {timeout} s: {self._describe()}"
             ) from None
+
+
+class Following:
+    """A subscription followed as `EventSource` follows it: whenever the stream ends or
+    cannot be opened, it opens again with `Last-Event-ID`, the last id the stream gave.
+
+        following = Following(client, f"{base}/events", {"topic": "a"})
+        await following.until_positioned()
+        ...
+        await following.until_received(ids)
+        await following.aclose()
+    """
+
+    def __init__(self, client: httpx.AsyncClient, url: str, params: Any) -> None:
+        self._client = client
+        self._url = url
+        self._params = params
+        self._ended: list[Event] = []
+        self._stream: SSEStream | None = None
+        self.last_id: str | None = None
+        self.resumes = 0
+        """Streams opened again after one ended."""
+        self._task = asyncio.create_task(self._follow())
+
+    @property
+    def events(self) -> list[Event]:
+        """Every event received, over all the streams so far."""
+        return self._ended + (self._stream.events if self._stream else [])
+
+    async def _follow(self) -> None:
+        while True:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            stream = SSEStream(self._client, self._url, params=self._params, headers=headers)
+            try:
+                async with stream:
+                    self._stream = stream
+                    while not stream.closed:
+                        self.last_id = stream.last_id or self.last_id
+                        await asyncio.sleep(0.02)
+            except (httpx.HTTPError, OSError):
+                pass
+            finally:
+                self._ended.extend(stream.events)
+                self._stream = None
+                self.last_id = stream.last_id or self.last_id
+            self.resumes += 1
+            await asyncio.sleep(0.1)
+
+    async def until_positioned(self, within: float = DEFAULT_TIMEOUT) -> None:
+        """Wait for the stream's first id (a live start sends its position): from then
+        on, every event published reaches it."""
+        deadline = time.monotonic() + within
+        while self.last_id is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no position within {within} s from {self._url}")
+            await asyncio.sleep(0.02)
+
+    async def until_received(self, ids: set[str], within: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until every event id in `ids` has arrived."""
+        deadline = time.monotonic() + within
+        while missing := ids - {event.id for event in self.events}:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(missing)} events missing after {within} s")
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self._stream is not None:
+            await self._stream.aclose()
