@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service import __version__, errors, openapi, routes
 from service.auth import Authenticator
+from service.cluster import ClusterStore
 from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.connect(settings)
+        await store.start()
         if store.embedded:
             log.warning(
                 "HERALD_REDIS_URL is not set: running on an in-process fakeredis. This is "
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Edge:
                 "and subscribe to any topic. Set it in production."
             )
         metrics = Metrics()
+        if isinstance(store, ClusterStore):
+            store.on_refresh = metrics.topology_refreshes.inc
         hub = Hub(store, settings, metrics)
         presence = Presence(store, hub, settings)
         presence.start()

@@ -8,7 +8,9 @@
      ├── Invalid             422 (detail: pydantic's list of errors)
      ├── TooManyRequests     429 with Retry-After (the client's publish rate)
      ├── Unavailable         503 with Retry-After (Redis unreachable)
-     └── PartlyPublished     503 with Retry-After and each event's result (Redis Cluster)
+     ├── PartlyPublished     503 with Retry-After and each event's result (Redis Cluster)
+     └── NotReplicated       503 with Retry-After: stored on the primary, too few replicas
+                             confirmed it (HERALD_PUBLISH_REPLICAS)
 
 Redis connection failures anywhere in a request become `Unavailable`; anything
 unexpected becomes a 500 whose body says nothing about the code.
@@ -21,7 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -96,7 +98,7 @@ class PartlyPublished(Unavailable):
     def __init__(self, results: list[dict[str, str]]) -> None:
         failed = sum("error" in r for r in results)
         super().__init__(
-            f"{failed} of {len(results)} events were not published (Redis unreachable); "
+            f"{failed} of {len(results)} events were not published (see results); "
             "retry with the same Idempotency-Key"
         )
         self.results = results
@@ -105,14 +107,27 @@ class PartlyPublished(Unavailable):
         return {"detail": self.detail, "results": self.results}
 
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+class NotReplicated(Unavailable):
+    """WAIT counted fewer replicas than HERALD_PUBLISH_REPLICAS: the primary has the events,
+    but a failover now could lose them."""
+
+    def __init__(self, confirmed: int, required: int) -> None:
+        super().__init__(
+            f"stored on the primary, but only {confirmed} of {required} replicas confirmed it; "
+            "retry with the same Idempotency-Key"
+        )
+
+
 # Cluster answers meaning "not here, or not now": the command did not run.
 REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+# READONLY: a write reached a primary that a failover demoted (Sentinel's clients turn it
+# into a connection error by themselves; a plain redis:// client does not).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, *REDIRECTED)
 
 
 def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
     """The answer to a request that failed with `exc`."""
-    if isinstance(exc, (*REDIS_DOWN, *REDIRECTED)):
+    if isinstance(exc, REDIS_DOWN):
         log.warning("redis unreachable during %s %s: %s", method, path, exc)
         exc = Unavailable("Redis is unreachable, try again shortly")
     if isinstance(exc, HeraldError):
@@ -127,5 +142,5 @@ def install(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return response_for(exc, request.method, request.url.path)
 
-    for exc_type in (HeraldError, *REDIS_DOWN, *REDIRECTED, Exception):
+    for exc_type in (HeraldError, *REDIS_DOWN, Exception):
         app.add_exception_handler(exc_type, handle)

@@ -74,6 +74,7 @@ class Hub:
         self.membership = 0
         """Counts subscribes and unsubscribes, so presence knows when counts changed."""
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -140,7 +141,7 @@ class Hub:
             topic.subscribers.discard(subscriber)
             if not topic.subscribers:
                 del self._topics[name]
-                topic.reader.remove(topic)
+                self._drop_topic(topic)
         self._metrics.subscribers.dec()
         self._metrics.topics.set(len(self._topics))
         self.membership += 1
@@ -162,12 +163,30 @@ class Hub:
                 for subscriber in self._subscribers:
                     subscriber.heartbeat()
 
+    def _drop_topic(self, topic: Topic) -> None:
+        reader = topic.reader
+        reader.remove(topic)
+        # On a Cluster a reader serves one slot: an idle one would hold a connection for
+        # every slot ever followed.
+        if not reader.topics and reader.group is not None:
+            self._readers.remove(reader)
+            stopping = asyncio.create_task(reader.stop())
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
+
     def _add_topic(self, name: str, position: StreamId) -> None:
+        key = keys.stream_key(name)
+        group = self._store.group_of(key)
         reader = next(
-            (r for r in self._readers if len(r.topics) < self._settings.reader_chunk), None
+            (
+                r
+                for r in self._readers
+                if r.group == group and len(r.topics) < self._settings.reader_chunk
+            ),
+            None,
         )
         if reader is None:
-            reader = Reader(self._store.reader(), self._settings, self._metrics)
+            reader = Reader(self._store.reader(key), group, self._settings, self._metrics)
             self._readers.append(reader)
         topic = Topic(name, position, reader)
         self._topics[name] = topic
@@ -178,8 +197,16 @@ class Hub:
 class Reader:
     """One XREAD BLOCK loop over a chunk of topics, on its own connection."""
 
-    def __init__(self, stream_reader: StreamReader, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        stream_reader: StreamReader,
+        group: int | None,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
         self._conn = stream_reader
+        self.group = group
+        """The Cluster slot its topics share, or None where any topics may be read together."""
         self._count = settings.read_count
         self._block_ms = settings.reader_block_ms
         self._metrics = metrics
@@ -256,6 +283,7 @@ class Reader:
             self._reading = False
             if self._failing_since is not None:
                 log.info("hub reader reconnected to Redis")
+                self._metrics.redis_reconnects.inc()
                 self._failing_since = None
             backoff = _BACKOFF_FIRST
             if reply:
@@ -266,7 +294,7 @@ class Reader:
             self._failing_since = time.monotonic()
             log.warning("hub reader lost Redis: %s; retrying with backoff", exc)
         self._metrics.reader_errors.inc()
-        await self._conn.reset()
+        await self._conn.recover()
         # Jitter spreads the reconnects of many replicas after a Redis restart.
         await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
 
@@ -302,6 +330,9 @@ class Reader:
                     subscriber.push(topic.name, frames, joined, framed)
             delivered += len(frames) * len(subscribers)
         self._metrics.deliveries.inc(delivered)
+        newest = max(entries[-1][0] for _, entries in reply if entries)
+        lag = time.time() - int(newest.partition(b"-")[0]) / 1000
+        self._metrics.reader_lag.labels(self._conn.node).set(max(lag, 0.0))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -16,15 +16,23 @@ def idempotency_key(key: str) -> bytes:
     return b"herald:idem:" + key.encode()
 
 
+def event_idempotency_key(topic: str, key: str, index: int) -> bytes:
+    """On a Cluster, where event `index` of a publish with `key` is remembered: the hash
+    tag puts it on its stream's slot, so one script can check it and append."""
+    return b"{" + stream_key(topic) + b"}:idem:" + f"{key}:{index}".encode()
+
+
 def worker_mark(worker: str, name: str) -> bytes:
     """Where worker `worker` records its progress on source `name` (a hash)."""
     return f"herald:worker:{worker}:{name}".encode()
 
 
-PRESENCE_REPLICAS = b"herald:presence:replicas"
+# The hash tag keeps every presence key on one slot, so a report is one transaction
+# on a Cluster too.
+PRESENCE_REPLICAS = b"{herald:presence}:replicas"
 """Sorted set: every replica that reports presence, scored by when its report expires."""
 
 
 def presence(replica: str) -> bytes:
     """Hash of one replica's subscriber count per topic; it expires unless refreshed."""
-    return f"herald:presence:{replica}".encode()
+    return f"{{herald:presence}}:{replica}".encode()

@@ -43,6 +43,23 @@ class Metrics:
         self.reader_errors = Counter(
             "herald_reader_errors", "Failed hub reads (Redis unreachable).", registry=r
         )
+        self.redis_reconnects = Counter(
+            "herald_redis_reconnects",
+            "Hub readers reading again after failed reads, e.g. from a new primary after a "
+            "failover.",
+            registry=r,
+        )
+        self.topology_refreshes = Counter(
+            "herald_topology_refreshes",
+            "Reloads of the Redis Cluster slot map after a failover or a migration.",
+            registry=r,
+        )
+        self.reader_lag = Gauge(
+            "herald_reader_lag_seconds",
+            "Age of the newest entry of the last batch a hub reader delivered, per node.",
+            ["node"],
+            registry=r,
+        )
         self.refused = Counter(
             "herald_refused_streams",
             "Subscriptions refused with 503 at the per-process stream limit.",

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from service import connections, keys
 from service.cursor import ZERO, StreamId, format_stream_id, stream_id_of
+from service.errors import NotReplicated
 from service.redis_url import RedisTarget
 from service.settings import Settings
 
@@ -76,11 +77,19 @@ class Store:
     """
 
     def __init__(
-        self, client: redis.Redis, reader_factory: connections.ClientFactory, embedded: bool
+        self,
+        client: redis.Redis,
+        reader_factory: connections.ClientFactory,
+        embedded: bool,
+        replicas: int = 0,
+        replicas_timeout_ms: int = 1000,
     ):
         self._client = client
         self._new_reader_client = reader_factory
         self.embedded = embedded
+        self._replicas = replicas
+        """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
+        self._replicas_timeout_ms = replicas_timeout_ms
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
         self._publish_once = client.register_script(_PUBLISH_ONCE)
 
@@ -88,8 +97,19 @@ class Store:
     def connect(cls, settings: Settings) -> Store:
         if settings.redis_url is None:
             return cls._embedded()
-        clients = connections.connect(RedisTarget.parse(settings.redis_url), settings)
-        return cls(clients.commands, clients.reader, embedded=False)
+        target = RedisTarget.parse(settings.redis_url)
+        if target.mode == "cluster":
+            from service.cluster import ClusterStore
+
+            return ClusterStore.open(target, settings)
+        clients = connections.connect(target, settings)
+        return cls(
+            clients.commands,
+            clients.reader,
+            embedded=False,
+            replicas=settings.publish_replicas,
+            replicas_timeout_ms=settings.publish_replicas_timeout_ms,
+        )
 
     @classmethod
     def _embedded(cls) -> Store:
@@ -105,6 +125,9 @@ class Store:
 
         return cls(fakeredis.FakeAsyncRedis(server=server), reader_client, embedded=True)
 
+    async def start(self) -> None:
+        """Whatever must happen before commands run concurrently (nothing, for one server)."""
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -116,11 +139,15 @@ class Store:
         if len(events) == 1:
             topic, event, data = events[0]
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
-        return [_text(raw) for raw in await self._appending(events, retention).execute()]
+        return [_text(raw) for raw in await self._commit(self._appending(events, retention))]
 
     def _appending(self, events: Sequence[tuple[str, str, str]], retention: int) -> Pipeline:
-        """A transaction that XADDs each (topic, event, data)."""
-        pipe = self._client.pipeline(transaction=True)
+        """A transaction that XADDs each (topic, event, data), for `_commit`."""
+        # Inside MULTI, WAIT does not wait: it must follow EXEC on the same connection,
+        # so with replicas to wait for, MULTI and EXEC go as commands of a plain pipeline.
+        pipe = self._client.pipeline(transaction=not self._replicas)
+        if self._replicas:
+            pipe.execute_command("MULTI")
         for topic, event, data in events:
             pipe.xadd(
                 keys.stream_key(topic),
@@ -129,6 +156,32 @@ class Store:
                 approximate=True,
             )
         return pipe
+
+    async def _commit(self, pipe: Pipeline) -> list[Any]:
+        """Run a transaction from `_appending`: the replies of its commands."""
+        if not self._replicas:
+            return list(await pipe.execute())
+        pipe.execute_command("EXEC")
+        replies, shortfall = await self._waiting(pipe)
+        *queued, done = replies
+        # The first error, as redis-py's transactions raise it: queuing's, then EXEC's.
+        for reply in [*queued, done, *([] if isinstance(done, Exception) else done)]:
+            if isinstance(reply, Exception):
+                raise reply
+        if shortfall is not None:
+            raise shortfall
+        return list(done)
+
+    async def _waiting(self, pipe: Pipeline) -> tuple[list[Any], NotReplicated | None]:
+        """Run `pipe` followed by WAIT on the same connection: its replies (errors in
+        place), and what is missing when fewer replicas than required confirmed them."""
+        pipe.execute_command("WAIT", self._replicas, self._replicas_timeout_ms)
+        *replies, confirmed = await pipe.execute(raise_on_error=False)
+        # WAIT itself fails on a server that is no longer a primary: none confirmed.
+        count = confirmed if isinstance(confirmed, int) else 0
+        if count >= self._replicas:
+            return replies, None
+        return replies, NotReplicated(count, self._replicas)
 
     async def publish_once(
         self,
@@ -145,10 +198,21 @@ class Store:
         """
         streams = [keys.stream_key(topic) for topic, _, _ in events]
         fields = [value for _, event, data in events for value in (event, data)]
-        fresh, answer = await self._publish_once(
-            keys=[keys.idempotency_key(key), *streams],
-            args=[fingerprint, retention, window_seconds, *fields],
-        )
+        script_keys = [keys.idempotency_key(key), *streams]
+        args: list[str | int] = [fingerprint, retention, window_seconds, *fields]
+        if self._replicas:
+            # An answer found under the key is waited for too: the first call may have
+            # stored it on a primary that lost its replicas.
+            pipe = self._client.pipeline(transaction=False)
+            pipe.eval(_PUBLISH_ONCE, len(script_keys), *script_keys, *args)
+            (reply,), shortfall = await self._waiting(pipe)
+            if isinstance(reply, Exception):
+                raise reply
+            if shortfall is not None:
+                raise shortfall
+            fresh, answer = reply
+        else:
+            fresh, answer = await self._publish_once(keys=script_keys, args=args)
         stored_fingerprint, *ids = _text(answer).split(" ")
         return bool(fresh), stored_fingerprint, ids
 
@@ -162,7 +226,7 @@ class Store:
         """Publish and record how far a producer got, in one transaction: both or neither."""
         pipe = self._appending(events, retention)
         pipe.hset(mark_key, mapping=_hash(mark))
-        replies = await pipe.execute()
+        replies = await self._commit(pipe)
         return [_text(raw) for raw in replies[: len(events)]]
 
     async def read_mark(self, mark_key: bytes) -> dict[str, str]:
@@ -239,8 +303,18 @@ class Store:
         pipe = self._client.pipeline(transaction=False)
         for key, event, data, retention, _ in adds:
             pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
-        sending = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        sending = asyncio.ensure_future(self._adding(pipe))
         sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
+
+    async def _adding(self, pipe: Pipeline) -> list[Any]:
+        """The replies to `_send_adds`' pipeline; an XADD too few replicas confirmed gets
+        the shortfall in place of its id."""
+        if not self._replicas:
+            return list(await pipe.execute(raise_on_error=False))
+        replies, shortfall = await self._waiting(pipe)
+        if shortfall is None:
+            return replies
+        return [reply if isinstance(reply, Exception) else shortfall for reply in replies]
 
     async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
         """Each topic's newest position: live delivery starts after it."""
@@ -264,7 +338,12 @@ class Store:
             raise entries
         return ReplayPage(_stream_info(info), entries)
 
-    def reader(self) -> StreamReader:
+    def group_of(self, key: bytes) -> int | None:
+        """Streams one XREAD may read together: any (None), or on a Cluster those of a slot."""
+        return None
+
+    def reader(self, key: bytes) -> StreamReader:
+        """A blocking-read connection for the group of stream `key`."""
         return StreamReader(self._new_reader_client, self._client)
 
 
@@ -325,6 +404,15 @@ class StreamReader:
             raise
         self._client = client
         return client.connection
+
+    @property
+    def node(self) -> str:
+        """The Redis node this reader reads from, for metrics."""
+        return "redis"
+
+    async def recover(self) -> None:
+        """After a failure: drop the connection (a Cluster reader also reloads the slot map)."""
+        await self.reset()
 
     async def unblock(self) -> bool:
         """End a read in progress early; False when none was blocked."""

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from service.errors import REDIS_DOWN
+from service.errors import REDIS_DOWN, NotReplicated
 from service.settings import Settings
 from service.store import Store
 from workers.sink import HttpSink, Sink, StoreSink
@@ -38,7 +38,8 @@ class Stopped(Exception):
 def _outages() -> tuple[type[BaseException], ...]:
     from service.client import Unavailable
 
-    return (*REDIS_DOWN, Unavailable)
+    # NotReplicated: the primary has the events but too few replicas confirmed them yet.
+    return (*REDIS_DOWN, NotReplicated, Unavailable)
 
 
 @dataclass
@@ -127,6 +128,8 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 async def run_process(name: str, main: WorkerMain, settings: Settings) -> None:
     """Run one worker as its own process until SIGTERM or SIGINT."""
     store = Store.connect(settings) if settings.redis_url else None
+    if store is not None:
+        await store.start()
     if settings.url:
         token = settings.token.get_secret_value() if settings.token else None
         sink: Sink = HttpSink(settings.url, token)
