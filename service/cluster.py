@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -54,7 +54,13 @@ Entries = Sequence[tuple[str, str, str]]
 
 class ClusterStore(Store):
     def __init__(self, cluster: RedisCluster, target: RedisTarget, settings: Settings) -> None:
-        super().__init__(cluster, _no_default_reader, embedded=False)  # type: ignore[arg-type]
+        super().__init__(
+            cluster,  # type: ignore[arg-type]
+            _no_default_reader,
+            embedded=False,
+            replicas=settings.publish_replicas,
+            replicas_timeout_ms=settings.publish_replicas_timeout_ms,
+        )
         self._cluster = cluster
         self._target = target
         self._settings = settings
@@ -133,6 +139,23 @@ class ClusterStore(Store):
                 return False, stored_fingerprint, []
             ids.append(entry_id)
         return fresh, fingerprint, ids
+
+    async def publish_and_mark(
+        self,
+        events: Entries,
+        retention: int,
+        mark_key: bytes,
+        mark: Mapping[str, str],
+    ) -> list[str]:
+        """One transaction on one node: the mark must share its events' slot (a hash tag,
+        see `keys.worker_mark`)."""
+        slots = {key_slot(mark_key)} | {key_slot(keys.stream_key(t)) for t, _, _ in events}
+        if len(slots) > 1:
+            raise ValueError("on a Cluster a mark and its events must share one slot")
+        return await super().publish_and_mark(events, retention, mark_key, mark)
+
+    def _client_for(self, key: bytes) -> redis.Redis:
+        return self.node_client(self.primary_of(key).name)
 
     async def _per_node(
         self,

@@ -22,9 +22,14 @@ def event_idempotency_key(topic: str, key: str, index: int) -> bytes:
     return b"{" + stream_key(topic) + b"}:idem:" + f"{key}:{index}".encode()
 
 
-def worker_mark(worker: str, name: str) -> bytes:
-    """Where worker `worker` records its progress on source `name` (a hash)."""
-    return f"herald:worker:{worker}:{name}".encode()
+def worker_mark(worker: str, name: str, topic: str | None = None) -> bytes:
+    """Where worker `worker` records its progress on source `name` (a hash).
+
+    With the `topic` it publishes to, the mark carries that stream's key as a hash tag,
+    so on a Cluster the events and the mark can move in one transaction.
+    """
+    mark = f"herald:worker:{worker}:{name}".encode()
+    return mark if topic is None else mark + b":{" + stream_key(topic) + b"}"
 
 
 # The hash tag keeps every presence key on one slot, so a report is one transaction

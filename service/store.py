@@ -141,11 +141,16 @@ class Store:
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
         return [_text(raw) for raw in await self._commit(self._appending(events, retention))]
 
-    def _appending(self, events: Sequence[tuple[str, str, str]], retention: int) -> Pipeline:
+    def _appending(
+        self,
+        events: Sequence[tuple[str, str, str]],
+        retention: int,
+        client: redis.Redis | None = None,
+    ) -> Pipeline:
         """A transaction that XADDs each (topic, event, data), for `_commit`."""
         # Inside MULTI, WAIT does not wait: it must follow EXEC on the same connection,
         # so with replicas to wait for, MULTI and EXEC go as commands of a plain pipeline.
-        pipe = self._client.pipeline(transaction=not self._replicas)
+        pipe = (client or self._client).pipeline(transaction=not self._replicas)
         if self._replicas:
             pipe.execute_command("MULTI")
         for topic, event, data in events:
@@ -224,10 +229,14 @@ class Store:
         mark: Mapping[str, str],
     ) -> list[str]:
         """Publish and record how far a producer got, in one transaction: both or neither."""
-        pipe = self._appending(events, retention)
+        pipe = self._appending(events, retention, self._client_for(mark_key))
         pipe.hset(mark_key, mapping=_hash(mark))
         replies = await self._commit(pipe)
         return [_text(raw) for raw in replies[: len(events)]]
+
+    def _client_for(self, key: bytes) -> redis.Redis:
+        """The client a transaction on `key` (and keys of its slot) goes through."""
+        return self._client
 
     async def read_mark(self, mark_key: bytes) -> dict[str, str]:
         """A producer's recorded progress (empty when it never recorded any)."""

@@ -9,8 +9,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +28,7 @@ from redis.crc import key_slot
 
 from service.client import AsyncPublisher
 from service.models import PublishEvent
-from tests.conftest import HeraldLauncher, metric
+from tests.conftest import ROOT, HeraldLauncher, metric
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -392,3 +394,46 @@ async def test_a_topic_whose_slot_migrates_keeps_streaming_with_no_gap(
         await stream.expect_silence(0.3)
         metrics = (await client.get(f"{app.url}/metrics")).text
     assert metric(metrics, "herald_topology_refreshes_total") >= 1
+
+
+def test_the_log_worker_publishes_and_keeps_its_position_on_a_cluster(
+    cluster: Cluster, heralds: HeraldLauncher, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env |= {
+        "HERALD_REDIS_URL": cluster.url,
+        "HERALD_LOGS_FILES": f"app={log_file}",
+        "HERALD_LOGS_POLL_SECONDS": "0.05",
+    }
+    with (tmp_path / "worker.log").open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker", "logs"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        stream = "herald:stream:logs.app"
+        with redis.RedisCluster(
+            host="127.0.0.1", port=cluster.live()[0].port, decode_responses=True
+        ) as client:
+            deadline = time.monotonic() + 10
+            mark = f"herald:worker:logs:app:{{{stream}}}"
+            while not client.exists(mark):
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+                time.sleep(0.05)
+            with log_file.open("a") as f:
+                f.write("one\ntwo\n")
+            while client.xlen(stream) < 2:
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+                time.sleep(0.05)
+            lines = [json.loads(fields["data"])["line"] for _, fields in client.xrange(stream)]
+            assert lines == ["one", "two"]
+            assert int(client.hget(mark, "offset") or 0) == len("one\ntwo\n")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        stopped = worker.wait(10)
+    assert stopped == 0, (tmp_path / "worker.log").read_text()

@@ -256,7 +256,9 @@ async def wait_for_lines(client: aioredis.Redis, name: str, count: int) -> list[
 
 async def positioned(client: aioredis.Redis, name: str) -> None:
     """Wait until the worker knows where it reads `name` (it has recorded a mark)."""
-    await eventually(lambda: client.exists(worker_mark("logs", name)), f"a mark for {name}")
+    await eventually(
+        lambda: client.exists(worker_mark("logs", name, topic=f"logs.{name}")), f"a mark for {name}"
+    )
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:

@@ -1,6 +1,7 @@
 """Where the log lines worker got to in each file, and how a batch commits with it.
 
-A mark is the Redis hash `herald:worker:logs:<name>`: the file (device, inode), the epoch
+A mark is the Redis hash `herald:worker:logs:<name>:{herald:stream:logs.<name>}` (the hash
+tag keeps it on its stream's Cluster slot): the file (device, inode), the epoch
 of this reading of it, `offset` (published up to here) and `pending` (the end of a batch
 that may or may not have landed; equal to `offset` when none is in flight). A ledger
 publishes batches and keeps the mark, exactly where Redis is there for it:
@@ -141,7 +142,7 @@ class _RedisMarks:
         self._rt = rt
         self._name = name
         self._store = store
-        self._key = keys.worker_mark("logs", name)
+        self._key = keys.worker_mark("logs", name, topic=f"logs.{name}")
 
     async def load(self) -> Mark | None:
         fields = await self._rt.retry(
