@@ -41,6 +41,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "redis": {"deploy": False, "url": "rediss://herald:secret@redis.example.com:6380/0"}
     },
     "deploy-redis": {"redis": {"deploy": True, "persistence": {"storageClass": "fast-ssd"}}},
+    "sentinel-redis": {
+        "redis": {"deploy": False, "url": "redis+sentinel://s-0:26379,s-1:26379/herald"}
+    },
+    "cluster-redis": {
+        "redis": {"deploy": False, "url": "rediss+cluster://herald:pw@redis-0:6380,redis-1:6380"}
+    },
     "autoscaling": {
         "autoscaling": {"enabled": True, "minReplicas": 3, "openStreams": {"enabled": True}}
     },
