@@ -78,16 +78,19 @@ class Cluster:
     def live(self) -> list[ClusterNode]:
         return [n for n in self.nodes if n not in self.killed]
 
-    def primaries(self) -> dict[int, tuple[int, int]]:
-        """Port of each primary -> its slot range, as the cluster says now."""
+    def primaries(self) -> dict[int, list[tuple[int, int]]]:
+        """Port of each primary -> its slot ranges, as the cluster says now."""
         with self.live()[0].client() as client:
             slots = client.execute_command("CLUSTER", "SLOTS")
-        return {int(entry[2][1]): (int(entry[0]), int(entry[1])) for entry in slots}
+        ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for entry in slots:
+            ranges[int(entry[2][1])].append((int(entry[0]), int(entry[1])))
+        return ranges
 
     def primary_of(self, topic: str) -> int:
         slot = key_slot(f"herald:stream:{topic}".encode())
-        for port, (first, last) in self.primaries().items():
-            if first <= slot <= last:
+        for port, ranges in self.primaries().items():
+            if any(first <= slot <= last for first, last in ranges):
                 return port
         raise AssertionError(f"no primary serves slot {slot}")
 
@@ -437,3 +440,44 @@ def test_the_log_worker_publishes_and_keeps_its_position_on_a_cluster(
         worker.send_signal(signal.SIGTERM)
         stopped = worker.wait(10)
     assert stopped == 0, (tmp_path / "worker.log").read_text()
+
+
+async def test_a_batch_across_shards_with_one_shard_down_answers_each_event_s_fate(
+    cluster: Cluster, heralds: HeraldLauncher
+) -> None:
+    topics: dict[int, str] = {}
+    for i in range(100):
+        topics.setdefault(cluster.primary_of(f"b.{i}"), f"b.{i}")
+    names = sorted(topics.values())
+    down = cluster.primary_of(names[1])
+    app = heralds()
+    batch = [{"topic": t, "event": "seq", "data": {"topic": t, "n": 0}} for t in names]
+    headers = {"Idempotency-Key": "batch-1"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        cluster.kill(down)
+        try:
+            answer = await client.post(f"{app.url}/publish", json=batch, headers=headers)
+            assert answer.status_code == 503
+            assert answer.headers["retry-after"]
+            results = answer.json()["results"]
+            assert [r["topic"] for r in results] == names
+            assert [("error" in r) for r in results] == [t == names[1] for t in names]
+            landed = {r["topic"]: r["id"] for r in results if "id" in r}
+        finally:
+            await asyncio.to_thread(cluster.wait_ok, False)
+            cluster.restart(down)
+            await asyncio.to_thread(cluster.wait_ok)
+        # The retry, same key, same body: the landed events keep their ids, the missing
+        # one is appended, nothing twice.
+        deadline = time.monotonic() + 20
+        while (
+            retry := await client.post(f"{app.url}/publish", json=batch, headers=headers)
+        ).status_code == 503:
+            assert time.monotonic() < deadline, retry.text
+            await asyncio.sleep(0.2)
+        assert retry.status_code == 200, retry.text
+        ids = {r["topic"]: r["id"] for r in retry.json()}
+        assert {t: ids[t] for t in landed} == landed
+        for topic in names:
+            status = (await client.get(f"{app.url}/topics/{topic}")).json()
+            assert status["length"] == 1
