@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ from redis.crc import key_slot
 
 from service.client import AsyncPublisher
 from service.models import PublishEvent
-from tests.conftest import ROOT, HeraldLauncher, metric
+from tests.conftest import ROOT, HeraldLauncher, cluster_port, metric
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -182,19 +180,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait(5)
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too."""
-    while True:
-        port = random.randint(20_000, 55_535)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-            return port
 
 
 def _wait_ping(node: ClusterNode) -> None:
