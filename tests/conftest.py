@@ -81,6 +81,19 @@ def cluster_port() -> int:
             return port
 
 
+def run_herald(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`herald ARGS…` run to its end, with no HERALD_ variable from the test's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def metric(exposition: str, name: str) -> float:
     """One sample's value from a /metrics answer (Prometheus text format)."""
     (line,) = [m for m in exposition.splitlines() if m.startswith(name + " ")]

@@ -3,9 +3,6 @@ connection that wrote, and says so when too few confirmed in time."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import redis.asyncio as aioredis
 from service.errors import NotReplicated
 from service.settings import Settings
 from service.store import Store
-from tests.conftest import ROOT, HeraldFactory, RedisServer, free_port
+from tests.conftest import HeraldFactory, RedisServer, free_port, run_herald
 
 pytestmark = pytest.mark.integration
 
@@ -150,14 +147,6 @@ async def test_publish_answers_503_saying_what_happened(herald: HeraldFactory) -
 
 
 def test_serve_refuses_replicas_without_redis() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--publish-replicas", "1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+    done = run_herald("serve", "--publish-replicas", "1")
     assert done.returncode == 2
     assert "--publish-replicas needs HERALD_REDIS_URL" in done.stderr

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
 
 from service.redis_url import InvalidRedisUrl, RedisTarget
 from service.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import run_herald
 
 
 @pytest.mark.parametrize(
@@ -123,14 +120,6 @@ def test_settings_refuse_a_url_that_names_no_deployment() -> None:
 
 
 def test_serve_exits_2_on_a_url_that_names_no_deployment() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--redis-url", "http://x"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+    done = run_herald("serve", "--redis-url", "http://x")
     assert done.returncode == 2
     assert "HERALD_REDIS_URL must start with one of redis://" in done.stderr
