@@ -23,7 +23,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import AskError, ClusterDownError, MovedError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -118,8 +125,9 @@ class NotReplicated(Unavailable):
         )
 
 
-# Cluster answers meaning "not here, or not now": the command did not run.
-REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+# Cluster answers meaning "not here, or not now": the command did not run. A slot the
+# client's map does not cover yet (before the first load, during a failover) is the same.
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError)
 # READONLY: a write reached a primary that a failover demoted (Sentinel's clients turn it
 # into a connection error by themselves; a plain redis:// client does not).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, *REDIRECTED)
