@@ -200,22 +200,16 @@ class ClusterStore(Store):
         pipe = self.node_client(node_name).pipeline(transaction=False)
         for index in indexes:
             queue(pipe, index)
-        replicas = self._settings.publish_replicas
-        if replicas:
-            # WAIT covers the writes of its own connection: the pipeline's.
-            pipe.execute_command("WAIT", replicas, self._settings.publish_replicas_timeout_ms)
         try:
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if not self._replicas:
+                return list(await pipe.execute(raise_on_error=False))
+            # WAIT covers the writes of its own connection: the pipeline's.
+            replies, shortfall = await self._waiting(pipe)
         except REDIS_DOWN as exc:
             return [exc] * len(indexes)
-        if not replicas:
+        if shortfall is None:
             return replies
-        *replies, confirmed = replies
-        count = confirmed if isinstance(confirmed, int) else 0
-        if count >= replicas:
-            return replies
-        short = NotReplicated(count, replicas)
-        return [r if isinstance(r, BaseException) else short for r in replies]
+        return [r if isinstance(r, BaseException) else shortfall for r in replies]
 
     def node_client(self, node_name: str) -> redis.Redis:
         """Commands to one node, over a pool of its own (the cluster client routes by key only)."""

@@ -13,6 +13,8 @@ import logging
 import random
 import time
 
+from prometheus_client import Gauge
+
 from service import keys, shutdown
 from service.cursor import StreamId, format_stream_id
 from service.direct import chunk
@@ -205,6 +207,8 @@ class Reader:
         metrics: Metrics,
     ) -> None:
         self._conn = stream_reader
+        self._lag: Gauge | None = None
+        self._lag_node = ""
         self.group = group
         """The Cluster slot its topics share, or None where any topics may be read together."""
         self._count = settings.read_count
@@ -300,6 +304,7 @@ class Reader:
 
     async def _dispatch(self, reply: XreadReply) -> None:
         delivered = 0
+        newest_ms = 0
         for key, entries in reply:
             topic = self.topics.get(key)
             if topic is None:
@@ -316,6 +321,7 @@ class Reader:
             # Moved before delivering: a subscriber that joins while this batch is
             # being delivered starts after it (and replays it if it resumes).
             topic.position = position
+            newest_ms = max(newest_ms, position[0])
             topic.position_arg = encode_arg(entries[-1][0])
             if self._keys is not None:
                 self._ids[topic.slot] = topic.position_arg
@@ -330,9 +336,15 @@ class Reader:
                     subscriber.push(topic.name, frames, joined, framed)
             delivered += len(frames) * len(subscribers)
         self._metrics.deliveries.inc(delivered)
-        newest = max(entries[-1][0] for _, entries in reply if entries)
-        lag = time.time() - int(newest.partition(b"-")[0]) / 1000
-        self._metrics.reader_lag.labels(self._conn.node).set(max(lag, 0.0))
+        if newest_ms:
+            self._lag_gauge().set(max(time.time() - newest_ms / 1000, 0.0))
+
+    def _lag_gauge(self) -> Gauge:
+        """This reader's lag gauge, looked up again only when its node changed."""
+        node = self._conn.node
+        if self._lag is None or node != self._lag_node:
+            self._lag_node, self._lag = node, self._metrics.reader_lag.labels(node)
+        return self._lag
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -68,6 +68,11 @@ def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], b
     return events, batch
 
 
+def body_fingerprint(body: bytes) -> str:
+    """What an Idempotency-Key remembers of the body it was used with."""
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
 def idempotency_key(request: Request) -> str | None:
     """The request's `Idempotency-Key`: 1 to 200 visible ASCII characters (400 otherwise)."""
     key = request.headers.get("idempotency-key")
@@ -84,7 +89,7 @@ async def publish_once(
     A key used again with another body is refused (422), so a client bug cannot pass
     for a retry.
     """
-    fingerprint = hashlib.sha256(body).hexdigest()[:32]
+    fingerprint = body_fingerprint(body)
     fresh, stored, ids = await ctx.store.publish_once(
         key, fingerprint, entries, ctx.settings.retention, ctx.settings.idempotency_seconds
     )

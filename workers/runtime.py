@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from service.client import Unavailable
 from service.errors import REDIS_DOWN, NotReplicated
 from service.settings import Settings
 from service.store import Store
@@ -35,11 +36,8 @@ class Stopped(Exception):
     """The worker was told to stop while it waited."""
 
 
-def _outages() -> tuple[type[BaseException], ...]:
-    from service.client import Unavailable
-
-    # NotReplicated: the primary has the events but too few replicas confirmed them yet.
-    return (*REDIS_DOWN, NotReplicated, Unavailable)
+# NotReplicated: the primary has the events but too few replicas confirmed them yet.
+_OUTAGES = (*REDIS_DOWN, NotReplicated, Unavailable)
 
 
 @dataclass
@@ -61,7 +59,7 @@ class Runtime:
         while True:
             try:
                 result = await operation()
-            except _outages() as exc:
+            except _OUTAGES as exc:
                 if not failing:
                     log.warning("%s: %s failed (%s); retrying with backoff", self.name, what, exc)
                     failing = True

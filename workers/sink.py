@@ -6,11 +6,12 @@ know which one it writes to.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from service.client import AsyncPublisher
 from service.models import PublishEvent
+from service.publishing import body_fingerprint
 from service.settings import Settings
 from service.store import Store
 
@@ -38,7 +39,7 @@ class StoreSink:
         retention = self._settings.retention
         if idempotency_key is None:
             return await self._store.publish(entries, retention)
-        fingerprint = hashlib.sha256(repr(entries).encode()).hexdigest()[:32]
+        fingerprint = body_fingerprint(repr(entries).encode())
         _, _, ids = await self._store.publish_once(
             idempotency_key, fingerprint, entries, retention, self._settings.idempotency_seconds
         )
@@ -52,8 +53,6 @@ class HttpSink:
     """POST /publish with the publisher client, which retries with the idempotency key."""
 
     def __init__(self, url: str, token: str | None) -> None:
-        from service.client import AsyncPublisher
-
         self._client = AsyncPublisher(url, token=token)
 
     async def publish(
