@@ -69,11 +69,15 @@ def create_app(settings: Settings | None = None) -> Edge:
             await hub.stop()
             await store.close()
 
+    docs = settings.api_docs
     app = FastAPI(
         title="Herald",
         version=__version__,
         summary="Publish into Redis Streams; subscribe over Server-Sent Events.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     errors.install(app)
     app.include_router(routes.router)

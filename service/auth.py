@@ -8,6 +8,7 @@ sends cookies) or the `access_token` query parameter (EventSource cannot set hea
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import jwt
 from starlette.requests import Request
 
 from service.errors import Forbidden, Unauthorized
+from service.models import PRESENCE_PREFIX
 from service.settings import Settings
 
 TOKEN_QUERY = "access_token"
@@ -38,14 +40,27 @@ class Grant:
     """What one verified token allows."""
 
     publish: re.Pattern[str] | None
+    publish_presence: re.Pattern[str] | None
+    """Online counts are Herald's: a `presence.` topic needs a pattern naming that prefix
+    (`presence.*`), so that a broad `*` grant cannot fake them."""
     subscribe: re.Pattern[str] | None
     expires_at: float | None
     """Unix time of the token's `exp`: a stream it opened ends then."""
     subject: str | None
     """The token's `sub`: who the publish rate limit counts."""
+    publisher: str
+    """Whose Idempotency-Keys a publish uses: `sub:<sub>`, or the token itself when it
+    has no `sub`, so one publisher's keys never answer another's requests."""
 
     def check_publish(self, topics: Iterable[str]) -> None:
-        _check(self.publish, "publish to", topics)
+        names = list(topics)
+        _check(self.publish, "publish to", [t for t in names if not t.startswith(PRESENCE_PREFIX)])
+        presence = [t for t in names if t.startswith(PRESENCE_PREFIX)]
+        _check(
+            self.publish_presence,
+            f"publish to (a pattern starting with {PRESENCE_PREFIX!r} is needed)",
+            presence,
+        )
 
     def check_subscribe(self, topics: Iterable[str]) -> None:
         _check(self.subscribe, "subscribe to", topics)
@@ -96,12 +111,27 @@ class Authenticator:
         if not isinstance(herald, dict):
             raise Unauthorized("the token has no herald claim")
         expires = claims.get("exp")
+        subject = str(claims["sub"]) if "sub" in claims else None
+        publish = herald.get("publish")
+        publish_pattern = _pattern(publish, "publish")
+        presence = [p for p in publish or () if p.startswith(PRESENCE_PREFIX)]
         return Grant(
-            publish=_pattern(herald.get("publish"), "publish"),
+            publish=publish_pattern,
+            publish_presence=_pattern(presence, "publish"),
             subscribe=_pattern(herald.get("subscribe"), "subscribe"),
             expires_at=float(expires) if expires is not None else None,
-            subject=str(claims["sub"]) if "sub" in claims else None,
+            subject=subject,
+            publisher=f"sub:{subject}" if subject is not None else f"token:{token}",
         )
+
+
+def metrics_bearer(request: Request, expected: str) -> None:
+    """401 unless the request carries `Authorization: Bearer <expected>`."""
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("/metrics needs the HERALD_METRICS_TOKEN bearer token")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("the /metrics token is not valid")
 
 
 def _bearer(request: Request) -> str | None:

@@ -144,7 +144,7 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[
     try:
         settings = Settings()
     except ValidationError as exc:
-        parser.exit(2, f"herald: invalid settings:\n{exc}\n")
+        parser.exit(2, f"herald: invalid settings:\n{settings_problems(exc)}\n")
     token = args.token or (settings.token.get_secret_value() if settings.token else None)
     return args.url or settings.url or DEFAULT_URL, token
 
@@ -159,7 +159,15 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sett
     try:
         return Settings()
     except ValidationError as exc:
-        parser.exit(2, f"herald: invalid settings:\n{exc}\n")
+        parser.exit(2, f"herald: invalid settings:\n{settings_problems(exc)}\n")
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """One line per problem, without the values given: they may hold secrets."""
+    return "\n".join(
+        f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 def _configure_logging(level: str) -> None:

@@ -28,10 +28,16 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from service import connections, keys
-from service.errors import REDIRECTED, REDIS_DOWN, NotReplicated, PartlyPublished
+from service.errors import (
+    REDIRECTED,
+    REDIS_DOWN,
+    NotReplicated,
+    OutcomeUnknown,
+    PartlyPublished,
+)
 from service.redis_url import RedisTarget
 from service.settings import Settings
-from service.store import Store, StreamReader, _text
+from service.store import Store, StreamReader, _text, send
 
 # KEYS = this event's idempotency key (on the stream's slot), the stream;
 # ARGV = fingerprint, retention, window in seconds, event, data.
@@ -178,7 +184,7 @@ class ClusterStore(Store):
                 results[index] = reply
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            if any(isinstance(r, REDIS_DOWN) for r in failed):
+            if any(isinstance(r, (*REDIS_DOWN, OutcomeUnknown)) for r in failed):
                 await self.refresh()
             if len(failed) == len(events) and len(events) == 1:
                 raise failed[0]
@@ -188,7 +194,8 @@ class ClusterStore(Store):
                     if isinstance(r, BaseException)
                     else {"topic": topic, "id": entry_id(r)}
                     for (topic, _, _), r in zip(events, results, strict=True)
-                ]
+                ],
+                unknown=any(isinstance(r, OutcomeUnknown) for r in failed),
             )
         return results
 
@@ -202,10 +209,10 @@ class ClusterStore(Store):
             queue(pipe, index)
         try:
             if not self._replicas:
-                return list(await pipe.execute(raise_on_error=False))
+                return await send(pipe, raise_on_error=False)
             # WAIT covers the writes of its own connection: the pipeline's.
             replies, shortfall = await self._waiting(pipe)
-        except REDIS_DOWN as exc:
+        except (*REDIS_DOWN, OutcomeUnknown) as exc:
             return [exc] * len(indexes)
         if shortfall is None:
             return replies
@@ -300,6 +307,8 @@ def _reason(exc: BaseException) -> str:
         return "the slot is moving between nodes"
     if isinstance(exc, NotReplicated):
         return "stored on the primary, not yet confirmed by enough replicas"
+    if isinstance(exc, OutcomeUnknown):
+        return "sent, but Redis did not confirm it in time: it may have been stored"
     return "Redis unreachable"
 
 

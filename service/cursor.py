@@ -52,6 +52,20 @@ def format_stream_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
 
+def next_stream_id(sid: StreamId) -> StreamId | None:
+    """The smallest id after `sid`; None after the largest id Redis can hold.
+
+    A replay starts its XRANGE there, inclusive: Redis refuses the exclusive `(` form
+    after the largest id, which any client may send as its Last-Event-ID.
+    """
+    ms, seq = sid
+    if seq < _MAX_PART:
+        return ms, seq + 1
+    if ms < _MAX_PART:
+        return ms + 1, 0
+    return None
+
+
 def normalize_topics(topics: Sequence[str]) -> tuple[str, ...]:
     """The canonical topic list of a subscription: sorted, without repeats."""
     return tuple(sorted(set(topics)))

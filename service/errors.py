@@ -7,10 +7,14 @@
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
      ├── TooManyRequests     429 with Retry-After (the client's publish rate)
-     ├── Unavailable         503 with Retry-After (Redis unreachable)
-     ├── PartlyPublished     503 with Retry-After and each event's result (Redis Cluster)
-     └── NotReplicated       503 with Retry-After: stored on the primary, too few replicas
-                             confirmed it (HERALD_PUBLISH_REPLICAS)
+     ├── Unavailable         503 with Retry-After: nothing was published (Redis
+     │                       unreachable, or out of memory)
+     ├── PartlyPublished     503 with Retry-After and each event's result (Redis Cluster);
+     │                       504 when some event's outcome is unknown
+     ├── NotReplicated       503 with Retry-After: stored on the primary, too few replicas
+     │                       confirmed it (HERALD_PUBLISH_REPLICAS)
+     └── OutcomeUnknown      504 with Retry-After: the write reached Redis, no answer came
+                             back; it may have been stored
 
 Redis connection failures anywhere in a request become `Unavailable`; anything
 unexpected becomes a 500 whose body says nothing about the code.
@@ -27,6 +31,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    OutOfMemoryError,
     ReadOnlyError,
     SlotNotCoveredError,
     TryAgainError,
@@ -94,21 +99,40 @@ class Unavailable(HeraldError):
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+class OutcomeUnknown(HeraldError):
+    """The write was sent and Redis did not answer in time (frozen, overloaded, or the
+    connection broke): it may have been stored, now or once Redis catches up."""
+
+    status = 504
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Redis did not confirm the write in time: it may have been stored. Retry with "
+            "the same Idempotency-Key, which publishes it at most once"
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
 class PartlyPublished(Unavailable):
     """Some events of a batch landed and some did not: a batch spans shards on a Cluster.
 
     `results` holds, in order, `{"topic", "id"}` for each event that landed and
     `{"topic", "error"}` for each that did not; a retry with the same Idempotency-Key
-    publishes only the missing ones.
+    publishes only the missing ones. When the outcome of some event is unknown, the
+    status is 504, as for `OutcomeUnknown`.
     """
 
-    def __init__(self, results: list[dict[str, str]]) -> None:
+    def __init__(self, results: list[dict[str, str]], unknown: bool = False) -> None:
         failed = sum("error" in r for r in results)
         super().__init__(
-            f"{failed} of {len(results)} events were not published (see results); "
-            "retry with the same Idempotency-Key"
+            f"{failed} of {len(results)} events were not published or not confirmed "
+            "(see results); retry with the same Idempotency-Key"
         )
         self.results = results
+        if unknown:
+            self.status = OutcomeUnknown.status
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.detail, "results": self.results}
@@ -138,6 +162,13 @@ def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
     if isinstance(exc, REDIS_DOWN):
         log.warning("redis unreachable during %s %s: %s", method, path, exc)
         exc = Unavailable("Redis is unreachable, try again shortly")
+    elif isinstance(exc, OutOfMemoryError):
+        # Redis refuses a write at maxmemory before running it (a transaction aborts
+        # whole), so nothing was stored; reads, and so subscribers, carry on.
+        log.warning("redis is out of memory during %s %s: %s", method, path, exc)
+        exc = Unavailable("Redis is out of memory (maxmemory); nothing was published")
+    elif isinstance(exc, OutcomeUnknown | PartlyPublished):
+        log.warning("redis did not take every write during %s %s: %s", method, path, exc)
     if isinstance(exc, HeraldError):
         return JSONResponse(exc.body(), exc.status, headers=exc.headers())
     log.error("unexpected error during %s %s", method, path, exc_info=exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 STREAM_PREFIX = "herald:stream:"
 _STREAM_PREFIX_BYTES = STREAM_PREFIX.encode()
 
@@ -11,8 +13,17 @@ def stream_key(topic: str) -> bytes:
     return _STREAM_PREFIX_BYTES + topic.encode()
 
 
+def scoped_idempotency_key(publisher: str | None, key: str) -> str:
+    """An Idempotency-Key within its publisher's own space (see `auth.Grant.publisher`);
+    without auth every publisher shares one space, the key itself."""
+    if publisher is None:
+        return key
+    # A digest keeps the key short and the token out of Redis.
+    return hashlib.sha256(publisher.encode()).hexdigest()[:32] + ":" + key
+
+
 def idempotency_key(key: str) -> bytes:
-    """Where the answer to a publish with `Idempotency-Key: key` is kept."""
+    """Where the answer to a publish with `Idempotency-Key: key` (scoped) is kept."""
     return b"herald:idem:" + key.encode()
 
 

@@ -7,9 +7,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, model_validator
 
+from service import sse
+
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 EVENT_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
-RESERVED_EVENT_PREFIX = "herald."
+RESERVED_EVENT_PREFIX = sse.RESERVED_PREFIX.decode()
+PRESENCE_PREFIX = "presence."
+"""Topics of Herald's online counts (`presence.<topic>`), published by its online worker."""
 
 Topic = Annotated[
     str,

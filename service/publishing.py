@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 
+from service import keys
 from service.errors import BadRequest, Invalid, PayloadTooLarge
 from service.models import PublishEvent
 from service.settings import Settings
@@ -82,16 +83,24 @@ def idempotency_key(request: Request) -> str | None:
 
 
 async def publish_once(
-    ctx: Context, key: str, body: bytes, entries: Sequence[tuple[str, str, str]]
+    ctx: Context,
+    publisher: str | None,
+    key: str,
+    body: bytes,
+    entries: Sequence[tuple[str, str, str]],
 ) -> list[str]:
-    """Publish unless `key` was used within the window; either way, the ids it got.
+    """Publish unless `publisher` used `key` within the window; either way, the ids it got.
 
     A key used again with another body is refused (422), so a client bug cannot pass
-    for a retry.
+    for a retry. Keys are the publisher's own: another's cannot collide with them.
     """
     fingerprint = body_fingerprint(body)
     fresh, stored, ids = await ctx.store.publish_once(
-        key, fingerprint, entries, ctx.settings.retention, ctx.settings.idempotency_seconds
+        keys.scoped_idempotency_key(publisher, key),
+        fingerprint,
+        entries,
+        ctx.settings.retention,
+        ctx.settings.idempotency_seconds,
     )
     if stored != fingerprint:
         raise Invalid("this Idempotency-Key was used for another body")

@@ -17,7 +17,7 @@ from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service import context, publishing
-from service.auth import Grant
+from service.auth import Grant, metrics_bearer
 from service.context import Context
 from service.cursor import format_stream_id
 from service.errors import REDIS_DOWN, TooManyRequests
@@ -50,7 +50,8 @@ async def publish(ctx: Context, request: Request) -> Response:
         ids = await ctx.store.publish(entries, ctx.settings.retention)
         ctx.metrics.published.inc(len(ids))
     else:
-        ids = await publishing.publish_once(ctx, idempotency_key, body, entries)
+        publisher = grant.publisher if grant is not None else None
+        ids = await publishing.publish_once(ctx, publisher, idempotency_key, body, entries)
         headers = {"Idempotency-Key": idempotency_key}
     answers = [{"topic": e.topic, "id": i} for e, i in zip(events, ids, strict=True)]
     return JSONResponse(answers if batch else answers[0], headers=headers)
@@ -121,7 +122,10 @@ async def topic_status(
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(context.of(request).metrics.render(), media_type=CONTENT_TYPE)
+    ctx = context.of(request)
+    if ctx.settings.metrics_token is not None:
+        metrics_bearer(request, ctx.settings.metrics_token.get_secret_value())
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/", include_in_schema=False)

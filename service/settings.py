@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+from jwt import PyJWTError
+from jwt.algorithms import get_default_algorithms
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.redis_url import RedisTarget
+
+MIN_HS256_KEY_BYTES = 32
+"""RFC 7518 section 3.2: an HS256 key at least as long as the hash."""
 
 
 class Settings(BaseSettings):
@@ -34,14 +39,26 @@ class Settings(BaseSettings):
 
     jwt_key: SecretStr | None = Field(
         default=None,
-        description="Turns JWT auth on: the HS256 shared secret, or the PEM public key for "
-        "RS256/ES256. Unset: anyone may publish and subscribe (development only).",
+        description="Turns JWT auth on: the HS256 shared secret (at least 32 bytes), or the "
+        "PEM public key for RS256/ES256. Unset: anyone may publish and subscribe "
+        "(development only).",
     )
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
         default="HS256", description="The one algorithm tokens must be signed with."
     )
     jwt_cookie: str = Field(
         default="herald_token", description="Cookie that may carry a subscriber's token."
+    )
+
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires (Prometheus: authorization "
+        "credentials). Unset: /metrics answers anyone who reaches it.",
+    )
+    api_docs: bool = Field(
+        default=True,
+        description="Serve the interactive API docs (/docs, /redoc) and the OpenAPI schema "
+        "(/openapi.json); false hides them in production.",
     )
 
     cors_origins: list[str] = Field(
@@ -211,6 +228,29 @@ class Settings(BaseSettings):
         if url is not None:
             RedisTarget.parse(url)
         return url
+
+    @model_validator(mode="after")
+    def _a_jwt_key_that_can_verify(self) -> Settings:
+        if self.jwt_key is None:
+            return self
+        key = self.jwt_key.get_secret_value()
+        if self.jwt_algorithm == "HS256":
+            size = len(key.encode())
+            if size < MIN_HS256_KEY_BYTES:
+                raise ValueError(
+                    f"HERALD_JWT_KEY is {size} bytes; an HS256 secret needs at least "
+                    f"{MIN_HS256_KEY_BYTES} (RFC 7518 section 3.2). Make one with "
+                    "`openssl rand -base64 32`"
+                )
+            return self
+        try:
+            get_default_algorithms()[self.jwt_algorithm].prepare_key(key)
+        except (PyJWTError, ValueError):
+            raise ValueError(
+                f"HERALD_JWT_KEY is not a PEM key {self.jwt_algorithm} can verify with "
+                "(-----BEGIN PUBLIC KEY----- …)"
+            ) from None
+        return self
 
     @model_validator(mode="after")
     def _a_full_batch_can_pass_the_rate_limit(self) -> Settings:

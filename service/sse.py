@@ -12,7 +12,9 @@ import re
 from service.cursor import StreamId, stream_id_of
 
 DEFAULT_EVENT = b"message"
-TRIMMED_EVENT = b"herald.trimmed"
+RESERVED_PREFIX = b"herald."
+"""Event types of Herald's own; no producer's entry is delivered under one."""
+TRIMMED_EVENT = RESERVED_PREFIX + b"trimmed"
 """Announces that a subscription's position is older than the retained history."""
 
 _EVENT_NAME = re.compile(rb"[A-Za-z][A-Za-z0-9._-]{0,63}")
@@ -46,9 +48,10 @@ def event_name(raw: bytes | None) -> bytes:
     """The `event:` value for a stream entry's `event` field.
 
     Producers may XADD directly, so anything that is not a valid event type
-    (and could break a line) is delivered as `message`.
+    (and could break a line) is delivered as `message`, and so is a name in Herald's
+    reserved `herald.` space: only Herald announces history loss.
     """
-    if raw is not None and _EVENT_NAME.fullmatch(raw):
+    if raw is not None and _EVENT_NAME.fullmatch(raw) and not raw.startswith(RESERVED_PREFIX):
         return raw
     return DEFAULT_EVENT
 

@@ -11,11 +11,13 @@ from typing import Any, NewType
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import connections, keys
-from service.cursor import ZERO, StreamId, format_stream_id, stream_id_of
-from service.errors import NotReplicated
+from service.cursor import ZERO, StreamId, format_stream_id, next_stream_id, stream_id_of
+from service.errors import NotReplicated, OutcomeUnknown
 from service.redis_url import RedisTarget
 from service.settings import Settings
 
@@ -73,7 +75,8 @@ class Store:
     """Herald's one door to Redis.
 
     Commands never retry by themselves: a retried XADD could append an event twice,
-    so a failure reaches the caller, which answers 503.
+    so a failure reaches the caller. Writes tell the two failures apart (`send`):
+    nothing sent (503) and sent without an answer (`OutcomeUnknown`, 504).
     """
 
     def __init__(
@@ -91,7 +94,6 @@ class Store:
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
-        self._publish_once = client.register_script(_PUBLISH_ONCE)
 
     @classmethod
     def connect(cls, settings: Settings) -> Store:
@@ -165,7 +167,7 @@ class Store:
     async def _commit(self, pipe: Pipeline) -> list[Any]:
         """Run a transaction from `_appending`: the replies of its commands."""
         if not self._replicas:
-            return list(await pipe.execute())
+            return await send(pipe)
         pipe.execute_command("EXEC")
         replies, shortfall = await self._waiting(pipe)
         *queued, done = replies
@@ -181,7 +183,7 @@ class Store:
         """Run `pipe` followed by WAIT on the same connection: its replies (errors in
         place), and what is missing when fewer replicas than required confirmed them."""
         pipe.execute_command("WAIT", self._replicas, self._replicas_timeout_ms)
-        *replies, confirmed = await pipe.execute(raise_on_error=False)
+        *replies, confirmed = await send(pipe, raise_on_error=False)
         # WAIT itself fails on a server that is no longer a primary: none confirmed.
         count = confirmed if isinstance(confirmed, int) else 0
         if count >= self._replicas:
@@ -205,19 +207,21 @@ class Store:
         fields = [value for _, event, data in events for value in (event, data)]
         script_keys = [keys.idempotency_key(key), *streams]
         args: list[str | int] = [fingerprint, retention, window_seconds, *fields]
+        # EVAL rather than a registered script's EVALSHA: redis-py would load it with
+        # commands of their own, outside `send`'s account of what was sent.
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(_PUBLISH_ONCE, len(script_keys), *script_keys, *args)
         if self._replicas:
             # An answer found under the key is waited for too: the first call may have
             # stored it on a primary that lost its replicas.
-            pipe = self._client.pipeline(transaction=False)
-            pipe.eval(_PUBLISH_ONCE, len(script_keys), *script_keys, *args)
             (reply,), shortfall = await self._waiting(pipe)
             if isinstance(reply, Exception):
                 raise reply
             if shortfall is not None:
                 raise shortfall
-            fresh, answer = reply
         else:
-            fresh, answer = await self._publish_once(keys=script_keys, args=args)
+            (reply,) = await send(pipe)
+        fresh, answer = reply
         stored_fingerprint, *ids = _text(answer).split(" ")
         return bool(fresh), stored_fingerprint, ids
 
@@ -319,7 +323,7 @@ class Store:
         """The replies to `_send_adds`' pipeline; an XADD too few replicas confirmed gets
         the shortfall in place of its id."""
         if not self._replicas:
-            return list(await pipe.execute(raise_on_error=False))
+            return await send(pipe, raise_on_error=False)
         replies, shortfall = await self._waiting(pipe)
         if shortfall is None:
             return replies
@@ -339,13 +343,16 @@ class Store:
     ) -> ReplayPage:
         """Entries in (after, until] and, from the same instant, the stream's history bounds."""
         key = keys.stream_key(topic)
+        start = next_stream_id(after)
         pipe = self._client.pipeline(transaction=True)
         pipe.xinfo_stream(key)
-        pipe.xrange(key, "(" + format_stream_id(after), format_stream_id(until), count=count)
-        info, entries = await pipe.execute(raise_on_error=False)
-        if isinstance(entries, Exception):
-            raise entries
-        return ReplayPage(_stream_info(info), entries)
+        if start is not None:
+            pipe.xrange(key, format_stream_id(start), format_stream_id(until), count=count)
+        info, *entries = await pipe.execute(raise_on_error=False)
+        for reply in entries:
+            if isinstance(reply, Exception):
+                raise reply
+        return ReplayPage(_stream_info(info), entries[0] if entries else [])
 
     def group_of(self, key: bytes) -> int | None:
         """Streams one XREAD may read together: any (None), or on a Cluster those of a slot."""
@@ -354,6 +361,20 @@ class Store:
     def reader(self, key: bytes) -> StreamReader:
         """A blocking-read connection for the group of stream `key`."""
         return StreamReader(self._new_reader_client, self._client)
+
+
+async def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+    """Run a pipeline of writes on a connection opened beforehand.
+
+    A failure to open it leaves the error as it is: nothing reached Redis. A failure
+    after that (a timeout, a broken connection) leaves the writes' fate unknown, since
+    Redis may have run them, and raises `OutcomeUnknown`.
+    """
+    pipe.connection = await pipe.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        return list(await pipe.execute(raise_on_error=raise_on_error))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise OutcomeUnknown() from exc
 
 
 def encode_arg(value: bytes) -> Arg:

@@ -7,6 +7,7 @@ import logging
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter, ValidationError
+from redis.exceptions import ResponseError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -99,6 +100,12 @@ class SubscriptionStream(Response):
         except REDIS_DOWN as exc:
             # Ending the stream makes the client reconnect with its Last-Event-ID.
             log.warning("ending a stream: Redis unreachable during replay: %s", exc)
+            why = Ended.UNAVAILABLE
+        except ResponseError as exc:
+            # Redis refused the replay (a key of the wrong type, say): the operator's to
+            # fix, so one line that says so rather than a traceback per reconnect.
+            topics = ", ".join(self._subscriber.topics)
+            log.error("ending a stream of %s: Redis refused the replay: %s", topics, exc)
             why = Ended.UNAVAILABLE
         except TimeoutError:
             why = Ended.STUCK

@@ -11,6 +11,7 @@ from service.cursor import (
     decode_cursor,
     encode_cursor,
     format_stream_id,
+    next_stream_id,
     normalize_topics,
     parse_position,
     parse_stream_id,
@@ -33,6 +34,23 @@ def test_stream_ids_round_trip(sid: tuple[int, int]) -> None:
     text = format_stream_id(sid)
     assert parse_stream_id(text) == sid
     assert stream_id_of(text.encode()) == sid
+
+
+@given(stream_ids)
+def test_a_replay_starts_at_the_first_id_after_the_position(sid: tuple[int, int]) -> None:
+    after = next_stream_id(sid)
+    if sid == (2**64 - 1, 2**64 - 1):
+        assert after is None
+        return
+    assert after is not None and after > sid
+    # Nothing fits between: the replay neither repeats the position nor skips an id.
+    ms, seq = after
+    assert (seq == 0 and sid == (ms - 1, 2**64 - 1)) or sid == (ms, seq - 1)
+
+
+def test_the_largest_id_has_nothing_after_it() -> None:
+    largest = parse_stream_id("18446744073709551615-18446744073709551615")
+    assert next_stream_id(largest) is None
 
 
 @given(topic_lists, st.data())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from service.keys import stream_key
 from tests.conftest import Herald
 from tests.sse import SSEStream
 
@@ -78,3 +81,57 @@ async def test_a_client_leaving_mid_body_is_not_logged_as_a_server_error(
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(f"{app.url}/healthz")).status_code == 200
     assert "unexpected error" not in app.logs()
+
+
+LARGEST = "18446744073709551615"
+EXTREME_POSITIONS = [
+    f"{LARGEST}-{LARGEST}",
+    f"{LARGEST}-0",
+    f"0-{LARGEST}",
+    f"9999999999999-{LARGEST}",
+]
+
+
+@pytest.mark.parametrize("position", EXTREME_POSITIONS)
+async def test_a_last_event_id_past_the_stream_end_replays_history_then_goes_live(
+    default_herald: Herald, position: str
+) -> None:
+    app = default_herald
+    topic = "extreme.ids"
+    logged = app.stderr_path.stat().st_size
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = (await client.post(f"{app.url}/publish", json={"topic": topic, "data": "a"})).json()
+        async with SSEStream(
+            client,
+            f"{app.url}/events",
+            params={"topic": topic},
+            headers={"Last-Event-ID": position},
+        ) as stream:
+            # Like any position the stream never reached: said, then replayed from the start.
+            notice = await stream.next_event()
+            assert notice.event == "herald.trimmed"
+            assert (await stream.next_event()).id == first["id"]
+            live = await client.post(f"{app.url}/publish", json={"topic": topic, "data": "b"})
+            event = await stream.next_event()
+    assert (event.id, event.data) == (live.json()["id"], "b")
+    with app.stderr_path.open("rb") as log:
+        log.seek(logged)
+        assert b"Traceback" not in log.read()
+
+
+async def test_a_direct_producer_cannot_fake_heralds_own_notices(
+    default_herald: Herald, redis_client: aioredis.Redis
+) -> None:
+    app = default_herald
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        SSEStream(client, f"{app.url}/events", params={"topic": "forged"}) as stream,
+    ):
+        await asyncio.sleep(0.2)
+        fake = {"topic": "forged", "lastEventId": "1-0", "firstId": None}
+        await redis_client.xadd(
+            stream_key("forged"), {"event": "herald.trimmed", "data": json.dumps(fake)}
+        )
+        event = await stream.next_event()
+    assert event.event == "message"
+    assert json.loads(event.data) == fake

@@ -47,6 +47,13 @@ def test_an_entry_event_field_never_breaks_a_line(raw: bytes) -> None:
     (event,) = parse([body])
     assert event.data == "x"
     assert event.event in (raw.decode("utf-8", "replace"), "message")
+    assert not event.event.startswith("herald.")
+
+
+@given(st.from_regex(r"herald\.[A-Za-z0-9._-]{0,56}", fullmatch=True))
+def test_an_entry_cannot_pass_for_one_of_heralds_own_events(name: str) -> None:
+    (event,) = parse([sse.entry_body({b"event": name.encode(), b"data": b"{}"})])
+    assert event.event == "message"
 
 
 def test_entries_without_event_or_data_are_plain_empty_messages() -> None:

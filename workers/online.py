@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from functools import partial
 
 from service import keys
+from service.models import PRESENCE_PREFIX as PREFIX
 from service.models import PublishEvent
 from workers.runtime import Runtime
 
-PREFIX = "presence."
 _TOPIC_MAX = 128
 _EVENTS_PER_PUBLISH = 500
 
