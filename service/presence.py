@@ -14,6 +14,8 @@ import secrets
 import socket
 import time
 
+from redis.exceptions import ResponseError
+
 from service.errors import REDIS_DOWN
 from service.hub import Hub
 from service.settings import Settings
@@ -60,7 +62,8 @@ class Presence:
                     await self._store.report_presence(
                         self.replica, self._hub.counts(), self._interval * _REPORT_LIFETIMES
                     )
-                except REDIS_DOWN as exc:
+                except (*REDIS_DOWN, ResponseError) as exc:
+                    # ResponseError: Redis at maxmemory refuses the report; it comes back.
                     if not failing:
                         log.warning("could not report online counts: %s", exc)
                     failing = True

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from service.client import Publisher
+from service.models import Published
 from tests.conftest import Herald, HeraldLauncher, RedisServer, free_port, metric
 from tests.sse import SSEStream
 
@@ -202,3 +209,121 @@ async def test_clients_of_a_killed_replica_resume_on_the_other_and_miss_nothing(
             live = await second.next_event(timeout=5)
     assert [e.data for e in [*got, *rest, live]] == [f"e{n}" for n in range(7)]
     assert first.error is not None, "a SIGKILLed replica cannot end its streams cleanly"
+
+
+@contextlib.contextmanager
+def frozen(redis: RedisServer) -> Iterator[None]:
+    """Redis stops answering (SIGSTOP) and resumes at the end (SIGCONT): a stalled server."""
+    assert redis.proc is not None
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+
+
+ONE = {"topic": "frozen", "data": "once"}
+BATCH = [{"topic": "frozen", "data": "once"}, {"topic": "frozen.too", "data": "once"}]
+
+
+@pytest.mark.parametrize("body", [ONE, BATCH], ids=["one", "batch"])
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+async def test_a_write_redis_never_answered_gets_504_and_its_keyed_retry_appends_once(
+    stack: Stack, body: Any, keyed: bool
+) -> None:
+    redis, launcher = stack(RedisServer)
+    app = launcher(**FAST_FAILING)
+    headers = {"Idempotency-Key": "frozen-1"} if keyed else {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await publish(client, app, "warm", "up")).status_code == 200
+        with frozen(redis):
+            unknown = await client.post(f"{app.url}/publish", json=body, headers=headers)
+        # The event was sent: Redis stores it once it runs again. A 503 would say it was not.
+        assert unknown.status_code == 504, unknown.text
+        assert "may have been stored" in unknown.json()["detail"]
+        assert "Idempotency-Key" in unknown.json()["detail"]
+        assert unknown.headers["retry-after"] == "1"
+        retried = await client.post(
+            f"{app.url}/publish", json=body, headers={"Idempotency-Key": "frozen-1"}
+        )
+    assert retried.status_code == 200, retried.text
+    stored = redis_entries(redis, "frozen")
+    if keyed:
+        # The first attempt landed after its 504; the keyed retry answers its ids.
+        assert len(stored) == 1
+        ids = retried.json() if isinstance(body, list) else [retried.json()]
+        assert ids[0]["id"] == stored[0]
+    else:
+        # Without a key the first attempt and the retry are two publishes.
+        assert len(stored) == 2
+
+
+async def test_the_publisher_client_retries_a_504_with_its_key_and_publishes_once(
+    stack: Stack,
+) -> None:
+    redis, launcher = stack(RedisServer)
+    app = launcher(**FAST_FAILING)
+    with Publisher(app.url, retries=8) as warm:
+        warm.publish("warm", "up")
+    with frozen(redis):
+        publishing = asyncio.create_task(
+            asyncio.to_thread(_publish_with_client, app.url, "frozen", "exactly once")
+        )
+        await asyncio.sleep(2.5)
+    published = await asyncio.wait_for(publishing, 30)
+    assert redis_entries(redis, "frozen") == [published.id]
+
+
+def _publish_with_client(url: str, topic: str, data: str) -> Published:
+    with Publisher(url, retries=8) as herald:
+        return herald.publish(topic, data)
+
+
+def redis_entries(redis: RedisServer, topic: str) -> list[str]:
+    """The ids the topic's stream holds, read with redis-cli."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis.port), "--raw", "XRANGE", f"herald:stream:{topic}", "-", "+"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [word for word in out if "-" in word and word.split("-")[0].isdigit()]
+
+
+async def test_redis_at_maxmemory_refuses_publishes_with_503_and_streams_carry_on(
+    stack: Stack,
+) -> None:
+    redis, launcher = stack(RedisServer)
+    app = launcher(**FAST_FAILING)
+    control = aioredis.Redis(port=redis.port)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            SSEStream(client, f"{app.url}/events", params={"topic": "mem"}) as stream,
+        ):
+            await asyncio.sleep(0.3)
+            await control.config_set("maxmemory-policy", "noeviction")
+            await control.config_set("maxmemory", 1)
+            refused = [
+                await client.post(f"{app.url}/publish", json=ONE),
+                await client.post(f"{app.url}/publish", json=BATCH),
+                await client.post(
+                    f"{app.url}/publish", json=BATCH, headers={"Idempotency-Key": "mem-1"}
+                ),
+            ]
+            await asyncio.sleep(1.5)
+            assert not stream.closed
+            comments = len(stream.comments)
+            await control.config_set("maxmemory", 0)
+            published = await publish_when_back(client, app, "mem", "after")
+            event = await stream.next_event(timeout=10)
+            assert len(stream.comments) >= comments
+    finally:
+        await control.aclose()
+    for answer in refused:
+        assert answer.status_code == 503, answer.text
+        assert "out of memory" in answer.json()["detail"]
+        assert answer.headers["retry-after"] == "1"
+    assert (event.id, event.data) == (published, "after")
+    assert redis_entries(redis, "frozen") == [] and redis_entries(redis, "frozen.too") == []
+    assert "Traceback" not in app.logs()

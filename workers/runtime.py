@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from redis.exceptions import OutOfMemoryError
+
 from service.client import Unavailable
-from service.errors import REDIS_DOWN, NotReplicated
+from service.errors import REDIS_DOWN, NotReplicated, OutcomeUnknown
 from service.settings import Settings
 from service.store import Store
 from workers.sink import HttpSink, Sink, StoreSink
@@ -37,7 +39,8 @@ class Stopped(Exception):
 
 
 # NotReplicated: the primary has the events but too few replicas confirmed them yet.
-_OUTAGES = (*REDIS_DOWN, NotReplicated, Unavailable)
+# OutcomeUnknown: Redis did not answer in time; OutOfMemoryError: Redis at maxmemory.
+_OUTAGES = (*REDIS_DOWN, NotReplicated, OutcomeUnknown, OutOfMemoryError, Unavailable)
 
 
 @dataclass
