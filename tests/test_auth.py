@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.keys import stream_key
 from service.settings import Settings
-from tests.conftest import HeraldFactory
+from tests.conftest import HeraldFactory, run_herald
 from tests.sse import SSEStream
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -224,3 +224,100 @@ async def test_a_stream_ends_when_its_token_expires(herald: HeraldFactory) -> No
         assert stream.response.status_code == 200
         await stream.wait_closed(timeout=6)
     assert stream.error is None, f"the stream was cut, not ended: {stream.error!r}"
+
+
+def test_a_broad_grant_cannot_fake_online_counts(client: TestClient) -> None:
+    broad = bearer(grant(publish=["*"], subscribe=["*"]))
+    online = bearer(grant(publish=["presence.*"]))
+    faked = client.post("/publish", json={"topic": "presence.chat.1", "data": 99}, headers=broad)
+    counted = client.post("/publish", json={"topic": "presence.chat.1", "data": 2}, headers=online)
+    mixed = client.post(
+        "/publish",
+        json=[{"topic": "chat.1"}, {"topic": "presence.chat.1", "data": 99}],
+        headers=broad,
+    )
+    assert faked.status_code == 403
+    assert "presence." in faked.json()["detail"]
+    assert counted.status_code == 200
+    assert mixed.status_code == 403
+    assert stored(client, "presence.chat.1") == 1
+    assert stored(client, "chat.1") == 0
+    # Reading them stays as open as the token says.
+    assert client.get("/topics/presence.chat.1", headers=broad).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm", "says"),
+    [
+        ("weak-key", "HS256", "needs at least 32"),
+        ("w" * 31, "HS256", "needs at least 32"),
+        ("not a pem key", "RS256", "not a PEM key"),
+    ],
+)
+def test_herald_refuses_to_start_with_a_key_too_weak_or_unusable(
+    key: str, algorithm: str, says: str
+) -> None:
+    ran = run_herald("serve", "--jwt-key", key, "--jwt-algorithm", algorithm, timeout=30)
+    assert ran.returncode == 2
+    assert says in ran.stderr
+    if algorithm == "HS256":
+        assert "openssl rand -base64 32" in ran.stderr
+    # The settings error never echoes the secret it refused.
+    assert key not in ran.stderr.replace("HERALD_JWT_KEY", "")
+
+
+@pytest.mark.integration
+async def test_publishers_idempotency_keys_are_their_own(herald: HeraldFactory) -> None:
+    app = herald(HERALD_JWT_KEY=SECRET)
+    alice = bearer(grant(publish=["*"], sub="alice"))
+    bob = bearer(grant(publish=["*"], sub="bob"))
+    # No `sub`: the token itself is the publisher.
+    anonymous = bearer(grant(publish=["*"], jti="one"))
+    other_anonymous = bearer(grant(publish=["*"], jti="two"))
+    key = {"Idempotency-Key": "order-1"}
+
+    async def post(data: str, who: dict[str, str]) -> httpx.Response:
+        return await client.post(
+            f"{app.url}/publish", json={"topic": "orders", "data": data}, headers=who | key
+        )
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await post("alice's", alice)
+        squatted = await post("bob's", bob)
+        retried = await post("alice's", alice)
+        reused = await post("alice's other", alice)
+        anonymous_first = await post("anonymous", anonymous)
+        anonymous_other = await post("another anonymous", other_anonymous)
+    assert [first.status_code, squatted.status_code, retried.status_code] == [200, 200, 200]
+    assert squatted.json()["id"] != first.json()["id"]
+    assert retried.json()["id"] == first.json()["id"]
+    assert reused.status_code == 422
+    assert anonymous_first.status_code == anonymous_other.status_code == 200
+    assert anonymous_first.json()["id"] != anonymous_other.json()["id"]
+
+
+@pytest.mark.integration
+async def test_metrics_want_their_token_and_the_docs_can_be_hidden(herald: HeraldFactory) -> None:
+    app = herald(
+        HERALD_JWT_KEY=SECRET, HERALD_METRICS_TOKEN="scrape-secret", HERALD_API_DOCS="false"
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        anonymous = await client.get(f"{app.url}/metrics")
+        wrong = await client.get(f"{app.url}/metrics", headers=bearer("guess"))
+        # A publisher's token is no scrape token.
+        publisher = await client.get(f"{app.url}/metrics", headers=bearer(grant(publish=["*"])))
+        scraped = await client.get(f"{app.url}/metrics", headers=bearer("scrape-secret"))
+        hidden = [(await client.get(f"{app.url}{path}")).status_code for path in DOCS]
+    assert [anonymous.status_code, wrong.status_code, publisher.status_code] == [401] * 3
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert scraped.status_code == 200
+    assert "herald_subscribers" in scraped.text
+    assert hidden == [404] * len(DOCS)
+
+
+DOCS = ["/docs", "/redoc", "/openapi.json"]
+
+
+def test_the_docs_are_served_by_default(client: TestClient) -> None:
+    assert [client.get(path).status_code for path in DOCS] == [200] * len(DOCS)
+    assert client.get("/metrics").status_code == 200
