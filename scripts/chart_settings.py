@@ -32,6 +32,7 @@ SET_BY_THE_CHART = {
     "redis_url": "Secret (redis.url), or the chart's Redis with redis.deploy",
     "jwt_key": "Secret (auth.jwtKey or existingSecret)",
     "token": "Secret (auth.token or existingSecret), for `helm test` and workers over HTTP",
+    "metrics_token": "Secret (auth.metricsToken or existingSecret); the ServiceMonitor sends it",
     "url": "workers publish straight into Redis",
     "host": "the container listens on 0.0.0.0",
     "port": "the container port, 8000",

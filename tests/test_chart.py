@@ -79,7 +79,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "existing-secret": {"existingSecret": "herald-secrets", "redis": {"deploy": False}},
     "auth-monitoring-netpol": {
         "replicaCount": 1,
-        "auth": {"jwtKey": "a-long-enough-hs256-secret-for-tests", "token": "x.y.z"},
+        "auth": {
+            "jwtKey": "a-long-enough-hs256-secret-for-tests",
+            "token": "x.y.z",
+            "metricsToken": "scrape-secret",
+        },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "networkPolicy": {
             "enabled": True,
@@ -418,6 +422,17 @@ def test_secrets_come_from_the_chart_s_secret_or_an_existing_one(
     assert only(rendered["auth-monitoring-netpol"], "Secret")["stringData"].keys() == {
         "HERALD_JWT_KEY",
         "HERALD_TOKEN",
+        "HERALD_METRICS_TOKEN",
+    }
+
+
+def test_the_service_monitor_scrapes_with_the_metrics_token(
+    rendered: dict[str, list[Any]],
+) -> None:
+    (endpoint,) = only(rendered["auth-monitoring-netpol"], "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "herald", "key": "HERALD_METRICS_TOKEN"},
     }
 
 
