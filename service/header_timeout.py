@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -80,8 +81,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _request_timeout(self) -> bytes:
+        # JSON like every other Herald error.
+        detail = f"request headers not complete within {_seconds():g} s"
+        body = json.dumps({"detail": detail}).encode()
         head = [STATUS_LINE[408]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head.append(b"content-length: 0\r\nconnection: close\r\n\r\n")
-        return b"".join(head)
+        head.append(b"content-type: application/json\r\nconnection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        return b"".join([*head, body])

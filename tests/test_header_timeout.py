@@ -129,6 +129,8 @@ async def test_a_stalled_request_gets_a_408_and_a_silent_connection_is_just_clos
     stalled_writer.close()
     silent_writer.close()
     assert stalled.startswith(b"HTTP/1.1 408 ") and closed_as_expected(stalled), stalled
+    detail = json.loads(stalled.split(b"\r\n\r\n", 1)[1])["detail"]
+    assert detail == f"request headers not complete within {HEADER_TIMEOUT} s"
     assert silent == b""
 
 
