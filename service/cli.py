@@ -62,6 +62,8 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     uvicorn.run(
         "service.app:create_app",
         factory=True,
+        # By name: every worker process imports it and reads the header timeout itself.
+        http="service.header_timeout:HeaderTimeoutProtocol",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

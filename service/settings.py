@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     send_timeout_seconds: float = Field(
         default=30.0, gt=0, description="A write stuck this long closes the connection."
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection whose request headers are not complete this long after it "
+        "opened (or after its previous response, on a kept-alive connection) is closed.",
+    )
     replay_page: int = Field(
         default=500, ge=1, description="Entries per XRANGE page when replaying after a resume."
     )
