@@ -31,6 +31,7 @@ from service import connections, keys
 from service.errors import (
     REDIRECTED,
     REDIS_DOWN,
+    Invalid,
     NotReplicated,
     OutcomeUnknown,
     PartlyPublished,
@@ -40,12 +41,13 @@ from service.settings import Settings
 from service.store import Store, StreamReader, _text, send
 
 # KEYS = this event's idempotency key (on the stream's slot), the stream;
-# ARGV = fingerprint, retention, window in seconds, event, data.
+# ARGV = fingerprint, retention, window in seconds, event, data, stream expiry in ms.
 _PUBLISH_ONE_ONCE = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {0, stored} end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
                       'event', ARGV[4], 'data', ARGV[5])
+if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 local answer = ARGV[1] .. ' ' .. id
 redis.call('SET', KEYS[1], answer, 'EX', ARGV[3])
 return {1, answer}
@@ -108,7 +110,7 @@ class ClusterStore(Store):
     async def publish(self, events: Entries, retention: int) -> list[str]:
         """XADD each event on its node; every event's fate is reported."""
         replies = await self._per_node(
-            events, lambda pipe, i: _xadd(pipe, events[i], retention), _text
+            events, lambda pipe, i: _xadd(pipe, events[i], retention), _text, expire=True
         )
         return [_text(reply) for reply in replies]
 
@@ -133,6 +135,7 @@ class ClusterStore(Store):
                 window_seconds,
                 events[i][1],
                 events[i][2],
+                self.expiry.expire_ms,
             ),
             lambda reply: _text(reply[1]).split(" ")[1],
         )
@@ -160,6 +163,26 @@ class ClusterStore(Store):
             raise ValueError("on a Cluster a mark and its events must share one slot")
         return await super().publish_and_mark(events, retention, mark_key, mark)
 
+    async def append_lines(
+        self,
+        state_key: bytes,
+        published: int,
+        fingerprint: str,
+        events: Entries,
+        retention: int,
+        window_seconds: int,
+    ) -> list[str] | None:
+        """Like `Store.append_lines`; the record and the streams must share one slot."""
+        slot = key_slot(state_key)
+        if any(key_slot(keys.stream_key(topic)) != slot for topic, _, _ in events):
+            raise Invalid(
+                "on a Redis Cluster, a streaming publish with an Idempotency-Key "
+                "publishes to one topic"
+            )
+        return await super().append_lines(
+            state_key, published, fingerprint, events, retention, window_seconds
+        )
+
     def _client_for(self, key: bytes) -> redis.Redis:
         return self.node_client(self.primary_of(key).name)
 
@@ -168,16 +191,26 @@ class ClusterStore(Store):
         events: Entries,
         queue: Callable[[Any, int], object],
         entry_id: Callable[[Any], str],
+        expire: bool = False,
     ) -> list[Any]:
-        """Queue each event's command on its node's pipeline, send them all, and return
-        the replies in order; raise `PartlyPublished` when any failed."""
+        """Queue each event's command on its node's pipeline (and, with `expire`, the
+        refreshes of its streams' expiry), send them all, and return the replies in
+        order; raise `PartlyPublished` when any failed."""
         by_node: dict[str, list[int]] = {}
         for index, (topic, _, _) in enumerate(events):
             node = self.primary_of(keys.stream_key(topic))
             by_node.setdefault(node.name, []).append(index)
         results: list[Any] = [None] * len(events)
         sent = await asyncio.gather(
-            *(self._on_node(node, indexes, queue) for node, indexes in by_node.items())
+            *(
+                self._on_node(
+                    node,
+                    indexes,
+                    queue,
+                    [keys.stream_key(events[i][0]) for i in indexes] if expire else [],
+                )
+                for node, indexes in by_node.items()
+            )
         )
         for indexes, replies in zip(by_node.values(), sent, strict=True):
             for index, reply in zip(indexes, replies, strict=True):
@@ -200,18 +233,25 @@ class ClusterStore(Store):
         return results
 
     async def _on_node(
-        self, node_name: str, indexes: list[int], queue: Callable[[Any, int], object]
+        self,
+        node_name: str,
+        indexes: list[int],
+        queue: Callable[[Any, int], object],
+        expiring: list[bytes],
     ) -> list[Any]:
         """One pipeline of the node's commands (then WAIT, if replicas must confirm):
         a reply or an error for each."""
         pipe = self.node_client(node_name).pipeline(transaction=False)
         for index in indexes:
             queue(pipe, index)
+        self._expire(pipe, expiring)
         try:
             if not self._replicas:
-                return await send(pipe, raise_on_error=False)
+                replies = await send(pipe, raise_on_error=False)
+                return replies[: len(indexes)]
             # WAIT covers the writes of its own connection: the pipeline's.
             replies, shortfall = await self._waiting(pipe)
+            replies = replies[: len(indexes)]
         except (*REDIS_DOWN, OutcomeUnknown) as exc:
             return [exc] * len(indexes)
         if shortfall is None:

@@ -4,6 +4,7 @@
      ├── BadRequest          400
      ├── Unauthorized        401 (no token, or one that does not verify)
      ├── Forbidden           403 (a topic outside the token)
+     ├── Conflict            409 (another streaming publish with the same Idempotency-Key)
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
      ├── TooManyRequests     429 with Retry-After (the client's publish rate)
@@ -71,6 +72,10 @@ class Unauthorized(HeraldError):
 
 class Forbidden(HeraldError):
     status = 403
+
+
+class Conflict(HeraldError):
+    status = 409
 
 
 class PayloadTooLarge(HeraldError):
@@ -157,8 +162,10 @@ REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCove
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, *REDIRECTED)
 
 
-def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
-    """The answer to a request that failed with `exc`."""
+def response_for(
+    exc: Exception, method: str, path: str, extra: dict[str, Any] | None = None
+) -> JSONResponse:
+    """The answer to a request that failed with `exc`; `extra` joins a Herald error's body."""
     if isinstance(exc, REDIS_DOWN):
         log.warning("redis unreachable during %s %s: %s", method, path, exc)
         exc = Unavailable("Redis is unreachable, try again shortly")
@@ -170,7 +177,7 @@ def response_for(exc: Exception, method: str, path: str) -> JSONResponse:
     elif isinstance(exc, OutcomeUnknown | PartlyPublished):
         log.warning("redis did not take every write during %s %s: %s", method, path, exc)
     if isinstance(exc, HeraldError):
-        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+        return JSONResponse(exc.body() | (extra or {}), exc.status, headers=exc.headers())
     log.error("unexpected error during %s %s", method, path, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, 500)
 

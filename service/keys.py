@@ -27,6 +27,12 @@ def idempotency_key(key: str) -> bytes:
     return b"herald:idem:" + key.encode()
 
 
+def stream_idempotency_key(key: str, topic: str) -> bytes:
+    """Where a streaming publish with `Idempotency-Key: key` (scoped) records how far it
+    got (a hash). The hash tag of its first topic's stream keeps both on one Cluster slot."""
+    return b"herald:idem-stream:{" + stream_key(topic) + b"}:" + key.encode()
+
+
 def event_idempotency_key(topic: str, key: str, index: int) -> bytes:
     """On a Cluster, where event `index` of a publish with `key` is remembered: the hash
     tag puts it on its stream's slot, so one script can check it and append."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,11 +12,13 @@ from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from service import keys
-from service.errors import BadRequest, Invalid, PayloadTooLarge
+from service.errors import BadRequest, Invalid, PayloadTooLarge, TooManyRequests
 from service.models import PublishEvent
+from service.ratelimit import retry_after
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    from service.auth import Grant
     from service.context import Context
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -67,6 +70,22 @@ def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], b
                 f"{where} data is {size} bytes; the limit is {settings.max_event_bytes}"
             )
     return events, batch
+
+
+def check_rate(ctx: Context, request: Request, grant: Grant | None, events: int) -> None:
+    """429 when this client publishes faster than its rate allows."""
+    if ctx.limiter is None:
+        return
+    client = grant.subject if grant is not None and grant.subject else None
+    if client is None:
+        client = request.client.host if request.client else "unknown"
+    wait = ctx.limiter.take(client, events, time.monotonic())
+    if wait:
+        rate = ctx.settings.publish_rate
+        raise TooManyRequests(
+            f"publishing faster than {rate:g} events/s; retry after {wait:.1f} s",
+            retry_after(wait),
+        )
 
 
 def body_fingerprint(body: bytes) -> str:

@@ -7,7 +7,6 @@ the operational routes are FastAPI's.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -16,14 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service import context, publishing
-from service.auth import Grant, metrics_bearer
+from service import context, publishing, streaming_publish
+from service.auth import metrics_bearer
 from service.context import Context
 from service.cursor import format_stream_id
-from service.errors import REDIS_DOWN, TooManyRequests
+from service.errors import REDIS_DOWN
 from service.metrics import CONTENT_TYPE
 from service.models import TOPIC_PATTERN, TopicStatus
-from service.ratelimit import RateLimiter, retry_after
 from service.subscription import open_subscription, parse_topics
 
 HotRoute = Callable[[Context, Request], Awaitable[Response]]
@@ -38,12 +36,13 @@ async def publish(ctx: Context, request: Request) -> Response:
     """`POST /publish`: one event or a batch, acknowledged once Redis stored it."""
     grant = ctx.auth.publisher(request) if ctx.auth else None
     idempotency_key = publishing.idempotency_key(request)
+    if streaming_publish.is_streaming(request):
+        return await streaming_publish.publish_lines(ctx, request, grant, idempotency_key)
     body = await publishing.read_body(request, ctx.settings.max_body_bytes)
     events, batch = publishing.parse_events(body, ctx.settings)
     if grant is not None:
         grant.check_publish(e.topic for e in events)
-    if ctx.limiter is not None:
-        _limit(ctx, ctx.limiter, request, grant, len(events))
+    publishing.check_rate(ctx, request, grant, len(events))
     entries = [(e.topic, e.event, e.text) for e in events]
     headers = {}
     if idempotency_key is None:
@@ -55,22 +54,6 @@ async def publish(ctx: Context, request: Request) -> Response:
         headers = {"Idempotency-Key": idempotency_key}
     answers = [{"topic": e.topic, "id": i} for e, i in zip(events, ids, strict=True)]
     return JSONResponse(answers if batch else answers[0], headers=headers)
-
-
-def _limit(
-    ctx: Context, limiter: RateLimiter, request: Request, grant: Grant | None, events: int
-) -> None:
-    """429 when this client publishes faster than its rate allows."""
-    client = grant.subject if grant is not None and grant.subject else None
-    if client is None:
-        client = request.client.host if request.client else "unknown"
-    wait = limiter.take(client, events, time.monotonic())
-    if wait:
-        rate = ctx.settings.publish_rate
-        raise TooManyRequests(
-            f"publishing faster than {rate:g} events/s; retry after {wait:.1f} s",
-            retry_after(wait),
-        )
 
 
 async def events(ctx: Context, request: Request) -> Response:

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     publish_burst: int = Field(
         default=1000, ge=1, description="Events one client may publish at once."
     )
+    topic_ttl: int = Field(
+        default=86_400,
+        ge=0,
+        description="Seconds a topic lives after its last append: then its stream and "
+        "history go (within 1%, at most a minute, later). 0: topics never expire.",
+    )
     idempotency_seconds: int = Field(
         default=86_400,
         ge=1,

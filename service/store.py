@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import connections, keys
 from service.cursor import ZERO, StreamId, format_stream_id, next_stream_id, stream_id_of
 from service.errors import NotReplicated, OutcomeUnknown
+from service.expiry import TopicExpiry
 from service.redis_url import RedisTarget
 from service.settings import Settings
 
@@ -34,20 +35,53 @@ costs a join, not an encoding of every key and id each time."""
 
 # Check-and-publish in one step, so that two retries racing each other append once:
 # KEYS = idempotency key, then one stream per event; ARGV = fingerprint, retention,
-# window in seconds, then event and data of each event.
+# window in seconds, stream expiry in ms (0: none), then event and data of each event.
 _PUBLISH_ONCE = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {0, stored} end
 local ids = {}
 for i = 2, #KEYS do
-  local at = 4 + 2 * (i - 2)
+  local at = 5 + 2 * (i - 2)
   ids[i - 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*',
                           'event', ARGV[at], 'data', ARGV[at + 1])
+  if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 local answer = ARGV[1] .. ' ' .. table.concat(ids, ' ')
 redis.call('SET', KEYS[1], answer, 'EX', ARGV[3])
 return {1, answer}
 """
+
+
+# Append the next lines of a streaming publish under its idempotency key, unless another
+# request with the key got there first. KEYS = the key's hash, then one stream per event;
+# ARGV = lines published before these, fingerprint after them, retention, window in
+# seconds, stream expiry in ms (0: none), then event and data of each event. The hash
+# holds `n` (lines published), `fp` (their fingerprint) and each stream's last id.
+_APPEND_LINES = """
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if n ~= tonumber(ARGV[1]) then return {0, n} end
+local ids = {}
+for i = 2, #KEYS do
+  local at = 6 + 2 * (i - 2)
+  ids[i - 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[3], '*',
+                          'event', ARGV[at], 'data', ARGV[at + 1])
+  if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+  redis.call('HSET', KEYS[1], KEYS[i], ids[i - 1])
+end
+redis.call('HSET', KEYS[1], 'n', n + #KEYS - 1, 'fp', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, ids}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LinesState:
+    """How far streaming publishes under one idempotency key got."""
+
+    published: int
+    fingerprint: str
+    last: dict[str, str]
+    """Each topic's last id among them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +120,12 @@ class Store:
         embedded: bool,
         replicas: int = 0,
         replicas_timeout_ms: int = 1000,
+        expiry: TopicExpiry | None = None,
     ):
         self._client = client
         self._new_reader_client = reader_factory
         self.embedded = embedded
+        self.expiry = expiry or TopicExpiry(0)
         self._replicas = replicas
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
@@ -98,7 +134,7 @@ class Store:
     @classmethod
     def connect(cls, settings: Settings) -> Store:
         if settings.redis_url is None:
-            return cls._embedded()
+            return cls._embedded(settings)
         target = RedisTarget.parse(settings.redis_url)
         if target.mode == "cluster":
             from service.cluster import ClusterStore
@@ -111,10 +147,11 @@ class Store:
             embedded=False,
             replicas=settings.publish_replicas,
             replicas_timeout_ms=settings.publish_replicas_timeout_ms,
+            expiry=TopicExpiry(settings.topic_ttl),
         )
 
     @classmethod
-    def _embedded(cls) -> Store:
+    def _embedded(cls, settings: Settings) -> Store:
         import fakeredis
 
         server = fakeredis.FakeServer()
@@ -125,7 +162,12 @@ class Store:
             )
             return client
 
-        return cls(fakeredis.FakeAsyncRedis(server=server), reader_client, embedded=True)
+        return cls(
+            fakeredis.FakeAsyncRedis(server=server),
+            reader_client,
+            embedded=True,
+            expiry=TopicExpiry(settings.topic_ttl),
+        )
 
     async def start(self) -> None:
         """Whatever must happen before commands run concurrently (nothing, for one server)."""
@@ -141,7 +183,8 @@ class Store:
         if len(events) == 1:
             topic, event, data = events[0]
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
-        return [_text(raw) for raw in await self._commit(self._appending(events, retention))]
+        replies = await self._commit(self._appending(events, retention))
+        return [_text(raw) for raw in replies[: len(events)]]
 
     def _appending(
         self,
@@ -155,14 +198,16 @@ class Store:
         pipe = (client or self._client).pipeline(transaction=not self._replicas)
         if self._replicas:
             pipe.execute_command("MULTI")
-        for topic, event, data in events:
-            pipe.xadd(
-                keys.stream_key(topic),
-                {"event": event, "data": data},
-                maxlen=retention,
-                approximate=True,
-            )
+        streams = [keys.stream_key(topic) for topic, _, _ in events]
+        for stream, (_, event, data) in zip(streams, events, strict=True):
+            pipe.xadd(stream, {"event": event, "data": data}, maxlen=retention, approximate=True)
+        self._expire(pipe, streams)
         return pipe
+
+    def _expire(self, pipe: Pipeline, streams: Iterable[bytes]) -> None:
+        """Queue, after the appends, the expiry refreshes that `streams` are due."""
+        for stream in self.expiry.due(streams):
+            pipe.pexpire(stream, self.expiry.expire_ms)
 
     async def _commit(self, pipe: Pipeline) -> list[Any]:
         """Run a transaction from `_appending`: the replies of its commands."""
@@ -190,6 +235,20 @@ class Store:
             return replies, None
         return replies, NotReplicated(count, self._replicas)
 
+    async def _confirmed(self, pipe: Pipeline) -> Any:
+        """The reply of a pipeline of one keyed write, once as many replicas as required
+        confirmed it. An answer found under the key is waited for too: the first call
+        may have stored it on a primary that lost its replicas."""
+        if not self._replicas:
+            (reply,) = await send(pipe)
+            return reply
+        (reply,), shortfall = await self._waiting(pipe)
+        if isinstance(reply, Exception):
+            raise reply
+        if shortfall is not None:
+            raise shortfall
+        return reply
+
     async def publish_once(
         self,
         key: str,
@@ -206,24 +265,60 @@ class Store:
         streams = [keys.stream_key(topic) for topic, _, _ in events]
         fields = [value for _, event, data in events for value in (event, data)]
         script_keys = [keys.idempotency_key(key), *streams]
-        args: list[str | int] = [fingerprint, retention, window_seconds, *fields]
+        args: list[str | int] = [
+            fingerprint,
+            retention,
+            window_seconds,
+            self.expiry.expire_ms,
+            *fields,
+        ]
         # EVAL rather than a registered script's EVALSHA: redis-py would load it with
         # commands of their own, outside `send`'s account of what was sent.
         pipe = self._client.pipeline(transaction=False)
         pipe.eval(_PUBLISH_ONCE, len(script_keys), *script_keys, *args)
-        if self._replicas:
-            # An answer found under the key is waited for too: the first call may have
-            # stored it on a primary that lost its replicas.
-            (reply,), shortfall = await self._waiting(pipe)
-            if isinstance(reply, Exception):
-                raise reply
-            if shortfall is not None:
-                raise shortfall
-        else:
-            (reply,) = await send(pipe)
-        fresh, answer = reply
+        fresh, answer = await self._confirmed(pipe)
         stored_fingerprint, *ids = _text(answer).split(" ")
         return bool(fresh), stored_fingerprint, ids
+
+    async def lines_state(self, state_key: bytes) -> LinesState:
+        """What streaming publishes under `state_key` (`keys.stream_idempotency_key`) stored."""
+        raw = {
+            _text(k): _text(v)
+            for k, v in (await self._client_for(state_key).hgetall(state_key)).items()
+        }
+        prefix = keys.STREAM_PREFIX
+        last = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
+        return LinesState(int(raw.get("n", 0)), raw.get("fp", ""), last)
+
+    async def append_lines(
+        self,
+        state_key: bytes,
+        published: int,
+        fingerprint: str,
+        events: Sequence[tuple[str, str, str]],
+        retention: int,
+        window_seconds: int,
+    ) -> list[str] | None:
+        """Append the lines after the first `published` of a keyed streaming publish, and
+        record them; None when the key's record is not at `published` (another request
+        with the key is publishing too)."""
+        streams = [keys.stream_key(topic) for topic, _, _ in events]
+        fields = [value for _, event, data in events for value in (event, data)]
+        pipe = self._client_for(state_key).pipeline(transaction=False)
+        pipe.eval(
+            _APPEND_LINES,
+            1 + len(streams),
+            state_key,
+            *streams,
+            published,
+            fingerprint,
+            retention,
+            window_seconds,
+            self.expiry.expire_ms,
+            *fields,
+        )
+        done, ids = await self._confirmed(pipe)
+        return [_text(i) for i in ids] if done else None
 
     async def publish_and_mark(
         self,
@@ -316,6 +411,7 @@ class Store:
         pipe = self._client.pipeline(transaction=False)
         for key, event, data, retention, _ in adds:
             pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
+        self._expire(pipe, (add[0] for add in adds))
         sending = asyncio.ensure_future(self._adding(pipe))
         sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
 
