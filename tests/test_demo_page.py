@@ -23,27 +23,10 @@ import redis
 from tests.conftest import ROOT, HeraldFactory, HeraldLauncher, RedisServer
 from workers.typewriter import DEFAULT_TEXTS
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "TSLA", "AMZN")
 WAIT_MS = 20_000
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; under CI=true this is a failure, not a skip")
-        pytest.skip(message)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -64,14 +47,6 @@ def page_of(browser: Any) -> Iterator[Callable[[str], Any]]:
     for context in contexts:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[HeraldLauncher]:
-    """Starts Herald with no Redis at all, as the README's first command does."""
-    launcher = HeraldLauncher(None, tmp_path)
-    yield launcher
-    launcher.stop_all(show_logs=True)  # pytest shows them only when the test failed
 
 
 def test_the_demo_shows_ticks_a_typed_answer_the_online_count_and_log_lines(
