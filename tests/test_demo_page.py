@@ -24,6 +24,8 @@ from tests.conftest import ROOT, HeraldFactory, HeraldLauncher, RedisServer
 from workers.typewriter import DEFAULT_TEXTS
 
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "TSLA", "AMZN")
+# wait_for_function is given functions: Playwright evals a bare expression again on every
+# poll, and the page's Content-Security-Policy (no 'unsafe-eval') refuses that.
 WAIT_MS = 20_000
 
 pytestmark = pytest.mark.integration
@@ -58,7 +60,7 @@ def test_the_demo_shows_ticks_a_typed_answer_the_online_count_and_log_lines(
         HERALD_TYPEWRITER_PAUSE_SECONDS=0.5,
     )
     page = page_of(f"{app.url}/")
-    page.wait_for_function("herald.state === 'live'", timeout=WAIT_MS)
+    page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
     assert page.text_content("#connection") == "live"
 
     for symbol in SYMBOLS:
@@ -67,7 +69,7 @@ def test_the_demo_shows_ticks_a_typed_answer_the_online_count_and_log_lines(
         price = float(page.text_content(f"{row} td.price").replace(",", ""))
         assert price > 0
 
-    page.wait_for_function("herald.answers.some((a) => a.fromStart)", timeout=WAIT_MS)
+    page.wait_for_function("() => herald.answers.some((a) => a.fromStart)", timeout=WAIT_MS)
     answer = page.evaluate("herald.answers.find((a) => a.fromStart)")
     assert answer["text"] in DEFAULT_TEXTS
     bubble = f".bubble[data-answer='{answer['answer']}']"
@@ -76,18 +78,20 @@ def test_the_demo_shows_ticks_a_typed_answer_the_online_count_and_log_lines(
     assert shown == answer["text"]
 
     page.wait_for_function(
-        "document.querySelector('#online').textContent === '1 online'", timeout=WAIT_MS
+        "() => document.querySelector('#online').textContent === '1 online'", timeout=WAIT_MS
     )
     second = page_of(f"{app.url}/")
     page.wait_for_function(
-        "document.querySelector('#online').textContent === '2 online'", timeout=WAIT_MS
+        "() => document.querySelector('#online').textContent === '2 online'", timeout=WAIT_MS
     )
     second.close()
     page.wait_for_function(
-        "document.querySelector('#online').textContent === '1 online'", timeout=WAIT_MS
+        "() => document.querySelector('#online').textContent === '1 online'", timeout=WAIT_MS
     )
 
-    page.wait_for_function("document.querySelectorAll('#logs div').length >= 2", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#logs div').length >= 2", timeout=WAIT_MS
+    )
     assert '"GET /' in page.text_content("#logs")
 
     screenshot = tmp_path / "demo.png"
@@ -126,21 +130,21 @@ def test_the_page_reconnects_by_itself_and_misses_nothing_while_the_server_was_a
 ) -> None:
     app = herald(HERALD_RETRY_MS=300)
     page = page_of(f"{app.url}/?symbols=AAPL")
-    page.wait_for_function("herald.state === 'live'", timeout=WAIT_MS)
+    page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
     received = "herald.received.filter((e) => e.type === 'tick').length"
-    page.wait_for_function(f"{received} >= 10", timeout=WAIT_MS)
+    page.wait_for_function(f"() => {received} >= 10", timeout=WAIT_MS)
 
     # The server goes away: its streams end, the page's EventSource retries alone.
     assert app.terminate() == 0
     away_from = time.time()
-    page.wait_for_function("herald.state === 'reconnecting'", timeout=WAIT_MS)
+    page.wait_for_function("() => herald.state === 'reconnecting'", timeout=WAIT_MS)
     assert "reconnecting" in page.text_content("#connection")
     time.sleep(1.5)  # ticks keep landing in Redis while no server runs
     away_until = time.time()
     herald(port=app.port, HERALD_RETRY_MS=300)
-    page.wait_for_function("herald.state === 'live'", timeout=WAIT_MS)
+    page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
     seen = page.evaluate(received)
-    page.wait_for_function(f"{received} >= {seen + 10}", timeout=WAIT_MS)
+    page.wait_for_function(f"() => {received} >= {seen + 10}", timeout=WAIT_MS)
 
     stocks_worker.send_signal(signal.SIGTERM)
     assert stocks_worker.wait(5) == 0
@@ -149,7 +153,7 @@ def test_the_page_reconnects_by_itself_and_misses_nothing_while_the_server_was_a
             json.loads(fields["data"]) for _, fields in client.xrange("herald:stream:stocks.AAPL")
         ]
     page.wait_for_function(
-        f"herald.received.at(-1).data.ts === {published[-1]['ts']}", timeout=WAIT_MS
+        f"() => herald.received.at(-1).data.ts === {published[-1]['ts']}", timeout=WAIT_MS
     )
     ticks = page.evaluate("herald.received.filter((e) => e.type === 'tick').map((e) => e.data)")
     # Everything from the first tick the page saw to the last, once each, in order.
