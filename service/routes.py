@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -161,5 +161,12 @@ async def demo_style(request: Request) -> FileResponse:
 
 
 def _demo_file(request: Request, name: str, media_type: str) -> FileResponse:
-    """One of the demo page's files."""
+    """One of the demo page's files, or 404 where the page is not served."""
+    ctx = context.of(request)
+    served = ctx.settings.demo_page
+    if served is None:
+        # A production replica (on Redis, without --demo) has no use for it.
+        served = ctx.settings.demo or ctx.store.embedded
+    if not served:
+        raise HTTPException(404, "the demo page is not served here (HERALD_DEMO_PAGE)")
     return FileResponse(_STATIC / name, media_type=media_type, headers=_DEMO_HEADERS)

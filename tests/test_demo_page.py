@@ -128,7 +128,7 @@ def test_the_page_reconnects_by_itself_and_misses_nothing_while_the_server_was_a
     stocks_worker: subprocess.Popen[bytes],
     herald: HeraldFactory,
 ) -> None:
-    app = herald(HERALD_RETRY_MS=300)
+    app = herald(HERALD_RETRY_MS=300, HERALD_DEMO_PAGE="true")
     page = page_of(f"{app.url}/?symbols=AAPL")
     page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
     received = "herald.received.filter((e) => e.type === 'tick').length"
@@ -141,7 +141,7 @@ def test_the_page_reconnects_by_itself_and_misses_nothing_while_the_server_was_a
     assert "reconnecting" in page.text_content("#connection")
     time.sleep(1.5)  # ticks keep landing in Redis while no server runs
     away_until = time.time()
-    herald(port=app.port, HERALD_RETRY_MS=300)
+    herald(port=app.port, HERALD_RETRY_MS=300, HERALD_DEMO_PAGE="true")
     page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
     seen = page.evaluate(received)
     page.wait_for_function(f"() => {received} >= {seen + 10}", timeout=WAIT_MS)

@@ -4,7 +4,7 @@ Hostile values reach the page two ways: its query string (`symbols`, `log`, `cha
 anyone can put in a link, and event data, which any publisher (or anything that can XADD)
 controls. In a real headless Chromium, none of them may run script or add an element,
 and each must appear literally where the page shows it. The page comes with a strict
-Content-Security-Policy and works under it.
+Content-Security-Policy, works under it, and is served only where it is wanted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import Herald, HeraldLauncher, RedisServer
+from tests.conftest import Herald, HeraldFactory, HeraldLauncher, RedisServer
 
 # wait_for_function is given functions: Playwright evals a bare expression again on every
 # poll, and the page's Content-Security-Policy (no 'unsafe-eval') refuses that.
@@ -121,11 +121,11 @@ def open_page(browser: Any) -> Iterator[Callable[[str], Watched]]:
 def page_herald(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Herald]:
-    """One Herald on Redis for the module's tests."""
+    """One Herald on Redis that serves the demo page, for the module's tests."""
     redis_server.start()
     launcher = HeraldLauncher(redis_server.url, tmp_path_factory.mktemp("herald"))
     try:
-        yield launcher()
+        yield launcher(HERALD_DEMO_PAGE="true")
     finally:
         launcher.stop_all(show_logs=False)
 
@@ -284,3 +284,32 @@ def test_the_demo_works_under_its_policy_with_no_violation(
         " document.body.append(s); }"
     )
     assert page.evaluate("typeof window.__inline") == "undefined"
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "env", "served"),
+    [
+        (True, {}, False),
+        (True, {"HERALD_DEMO_PAGE": "true"}, True),
+        (True, {"HERALD_DEMO": "true"}, True),
+        (False, {}, True),
+        (False, {"HERALD_DEMO_PAGE": "false"}, False),
+    ],
+    ids=["redis", "redis-demo-page", "redis-demo", "embedded", "embedded-no-demo-page"],
+)
+def test_the_page_is_served_only_where_it_is_wanted(
+    herald: HeraldFactory,
+    embedded: HeraldLauncher,
+    redis_url: bool,
+    env: dict[str, str],
+    served: bool,
+) -> None:
+    app = (herald if redis_url else embedded)(**env)
+    for path in ("/", "/demo.js", "/demo.css"):
+        answer = httpx.get(f"{app.url}{path}")
+        if served:
+            assert answer.status_code == 200, path
+        else:
+            assert answer.status_code == 404, path
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json()["detail"]
