@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -28,7 +28,28 @@ HotRoute = Callable[[Context, Request], Awaitable[Response]]
 
 router = APIRouter()
 
-_DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
+_STATIC = Path(__file__).parent / "static"
+# The page shows what its URL and its events carry; should any of it ever be read as
+# markup, this policy still lets only Herald's own script, style and stream in, and
+# Trusted Types make Chromium refuse HTML strings outright.
+_DEMO_HEADERS = {
+    "Content-Security-Policy": "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+            "require-trusted-types-for 'script'",
+            "trusted-types 'none'",
+        ]
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _READY_TIMEOUT_SECONDS = 2.0
 
 
@@ -112,5 +133,27 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/", include_in_schema=False)
-async def demo() -> FileResponse:
-    return FileResponse(_DEMO_PAGE)
+async def demo_page(request: Request) -> FileResponse:
+    return _demo_file(request, "index.html", "text/html; charset=utf-8")
+
+
+@router.get("/demo.js", include_in_schema=False)
+async def demo_script(request: Request) -> FileResponse:
+    return _demo_file(request, "demo.js", "text/javascript; charset=utf-8")
+
+
+@router.get("/demo.css", include_in_schema=False)
+async def demo_style(request: Request) -> FileResponse:
+    return _demo_file(request, "demo.css", "text/css; charset=utf-8")
+
+
+def _demo_file(request: Request, name: str, media_type: str) -> FileResponse:
+    """One of the demo page's files, or 404 where the page is not served."""
+    ctx = context.of(request)
+    served = ctx.settings.demo_page
+    if served is None:
+        # A production replica (on Redis, without --demo) has no use for it.
+        served = ctx.settings.demo or ctx.store.embedded
+    if not served:
+        raise HTTPException(404, "the demo page is not served here (HERALD_DEMO_PAGE)")
+    return FileResponse(_STATIC / name, media_type=media_type, headers=_DEMO_HEADERS)

@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         description="Run the demo producers (stock ticks, a followed log, online counts, "
         "a typewriter) inside the service, for the page at /.",
     )
+    demo_page: bool | None = Field(
+        default=None,
+        description="Serve the demo page at /. Unset: served with --demo or in the embedded "
+        "mode (no HERALD_REDIS_URL), not otherwise.",
+    )
     presence_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -39,6 +39,8 @@ REDIS_START_TIMEOUT = 10.0
 HERALD_START_TIMEOUT = 20.0
 HERALD_STOP_TIMEOUT = 10.0
 SERVE = [sys.executable, "-m", "service", "serve"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -377,6 +379,14 @@ def herald(
         launcher.stop_all(show_logs=_test_failed(request))
 
 
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[HeraldLauncher]:
+    """Starts Herald with no Redis at all, as the README's first command does."""
+    launcher = HeraldLauncher(None, tmp_path)
+    yield launcher
+    launcher.stop_all(show_logs=True)  # pytest shows them only when the test failed
+
+
 @pytest.fixture(scope="module")
 def shared_herald(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
@@ -403,3 +413,21 @@ def default_herald(
     yield shared_herald
     if _test_failed(request):
         print(shared_herald.logs())
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright; no browser is ever downloaded."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.access(CHROMIUM, os.X_OK):
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; under CI=true this is a failure, not a skip")
+        pytest.skip(message)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
