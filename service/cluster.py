@@ -31,11 +31,11 @@ from service import connections, keys
 from service.errors import (
     REDIRECTED,
     REDIS_DOWN,
-    Invalid,
     NotReplicated,
     OutcomeUnknown,
     PartlyPublished,
 )
+from service.expiry import TopicExpiry
 from service.redis_url import RedisTarget
 from service.settings import Settings
 from service.store import Store, StreamReader, _text, send
@@ -68,6 +68,7 @@ class ClusterStore(Store):
             embedded=False,
             replicas=settings.publish_replicas,
             replicas_timeout_ms=settings.publish_replicas_timeout_ms,
+            expiry=TopicExpiry(settings.topic_ttl),
         )
         self._cluster = cluster
         self._target = target
@@ -162,26 +163,6 @@ class ClusterStore(Store):
         if len(slots) > 1:
             raise ValueError("on a Cluster a mark and its events must share one slot")
         return await super().publish_and_mark(events, retention, mark_key, mark)
-
-    async def append_lines(
-        self,
-        state_key: bytes,
-        published: int,
-        fingerprint: str,
-        events: Entries,
-        retention: int,
-        window_seconds: int,
-    ) -> list[str] | None:
-        """Like `Store.append_lines`; the record and the streams must share one slot."""
-        slot = key_slot(state_key)
-        if any(key_slot(keys.stream_key(topic)) != slot for topic, _, _ in events):
-            raise Invalid(
-                "on a Redis Cluster, a streaming publish with an Idempotency-Key "
-                "publishes to one topic"
-            )
-        return await super().append_lines(
-            state_key, published, fingerprint, events, retention, window_seconds
-        )
 
     def _client_for(self, key: bytes) -> redis.Redis:
         return self.node_client(self.primary_of(key).name)

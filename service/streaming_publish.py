@@ -92,6 +92,8 @@ async def publish_lines(
             for start in range(0, len(group), ctx.settings.max_batch):
                 part = group[start : start + ctx.settings.max_batch]
                 events, bad_line = _events(ctx, request, part, grant)
+                if keyed is not None:
+                    events, bad_line = keyed.on_one_slot(part, events, bad_line)
                 if events:
                     valid = part[: len(events)]
                     if keyed is None:
@@ -162,10 +164,30 @@ class _Keyed:
     def __init__(self, ctx: Context, grant: Grant | None, key: str) -> None:
         self._ctx = ctx
         self._key = keys.scoped_idempotency_key(grant.publisher if grant else None, key)
+        self._first_topic: str | None = None
+        """The record lives on this topic's Cluster slot."""
         self._state_key = b""
         self._before: LinesState | None = None
         self._fingerprint = ""
         self._last_line = 0
+
+    def on_one_slot(
+        self, part: list[Line], events: list[PublishEvent], bad_line: _AtLine | None
+    ) -> tuple[list[PublishEvent], _AtLine | None]:
+        """The events up to the first whose stream is not on the record's Redis Cluster
+        slot (the first event's): the record and the appends go in one script."""
+        store = self._ctx.store
+        for index, event in enumerate(events):
+            if self._first_topic is None:
+                self._first_topic = event.topic
+            first = store.group_of(keys.stream_key(self._first_topic))
+            if store.group_of(keys.stream_key(event.topic)) != first:
+                refused = Invalid(
+                    "on a Redis Cluster, a streaming publish with an Idempotency-Key "
+                    "publishes to one topic"
+                )
+                return events[:index], _AtLine(part[index][0], refused)
+        return events, bad_line
 
     async def append(
         self, part: list[Line], events: list[PublishEvent], progress: _Progress
@@ -175,7 +197,8 @@ class _Keyed:
         self._last_line = part[-1][0]
         try:
             if self._before is None:
-                self._state_key = keys.stream_idempotency_key(self._key, events[0].topic)
+                topic = self._first_topic or events[0].topic
+                self._state_key = keys.stream_idempotency_key(self._key, topic)
                 self._before = await ctx.store.lines_state(self._state_key)
                 progress.last |= self._before.last
         except Exception as exc:

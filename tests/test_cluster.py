@@ -466,3 +466,49 @@ async def test_a_batch_across_shards_with_one_shard_down_answers_each_event_s_fa
         for topic in names:
             status = (await client.get(f"{app.url}/topics/{topic}")).json()
             assert status["length"] == 1
+
+
+async def test_streaming_publishes_and_topic_expiry_work_on_every_shard(
+    cluster: Cluster, heralds: HeraldLauncher
+) -> None:
+    topics = [f"s.{i}" for i in range(30)]
+    assert {cluster.primary_of(t) for t in topics} == set(cluster.primaries())
+    app = heralds(HERALD_TOPIC_TTL=600)
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    body = b"".join(
+        json.dumps({"topic": t, "event": "seq", "data": {"topic": t, "n": n}}).encode() + b"\n"
+        for n in range(3)
+        for t in topics
+    )
+    other_slot = next(
+        t
+        for t in topics
+        if key_slot(b"herald:stream:" + t.encode()) != key_slot(b"herald:stream:s.0")
+    )
+    keyed = b"".join(json.dumps({"topic": "s.0", "data": n}).encode() + b"\n" for n in range(5))
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with live(client, app.url, topics) as stream:
+            answer = await client.post(f"{app.url}/publish", content=body, headers=ndjson)
+            received = by_topic(await stream.collect(90, timeout=30))
+        once = await client.post(
+            f"{app.url}/publish", content=keyed, headers=ndjson | {"Idempotency-Key": "k"}
+        )
+        twice = await client.post(
+            f"{app.url}/publish", content=keyed, headers=ndjson | {"Idempotency-Key": "k"}
+        )
+        spread = await client.post(
+            f"{app.url}/publish",
+            content=keyed + json.dumps({"topic": other_slot}).encode() + b"\n",
+            headers=ndjson | {"Idempotency-Key": "k2"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == 90
+    assert all(ns == [0, 1, 2] for ns in received.values()) and len(received) == 30
+    assert once.status_code == twice.status_code == 200
+    assert twice.json() == once.json()
+    assert (spread.status_code, spread.json()["line"], spread.json()["count"]) == (422, 6, 5)
+    for topic in topics:
+        with redis.Redis(port=cluster.primary_of(topic)) as node:
+            assert 0 < node.pttl(f"herald:stream:{topic}") <= 606_000
+    with redis.Redis(port=cluster.primary_of("s.0")) as node:
+        assert node.xlen("herald:stream:s.0") == 3 + 5 + 5
