@@ -310,6 +310,7 @@ def _credentials(target: RedisTarget, socket_timeout: float) -> dict[str, Any]:
         "password": target.password,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(socket_timeout, 5.0),
+        **connections.NO_MAINT_NOTIFICATIONS,
     }
     if target.tls:
         options |= {"ssl": True, "ssl_ca_certs": target.ca_certs}

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from service.redis_url import InvalidRedisUrl, RedisTarget
 from service.sentinel import Primary
@@ -24,6 +25,14 @@ ClientFactory = Callable[[], redis.Redis]
 
 # Redis answers XREAD BLOCK within the block time; this margin covers the round trip.
 READ_MARGIN_SECONDS = 5.0
+
+# redis-py turns maintenance notifications on ("auto") by default, and a pool with them
+# on skips its check that a pooled connection is still open: a publish after Redis died
+# would be written into the dead connection and answer 504 (sent, outcome unknown)
+# rather than 503 (nothing sent). Herald uses none of them.
+NO_MAINT_NOTIFICATIONS: dict[str, Any] = {
+    "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ def standalone(target: RedisTarget, settings: Settings) -> Clients:
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 0),
         **credentials,
+        **NO_MAINT_NOTIFICATIONS,
     )
     read_timeout = settings.reader_block_ms / 1000 + READ_MARGIN_SECONDS
 
@@ -60,6 +70,7 @@ def standalone(target: RedisTarget, settings: Settings) -> Clients:
             retry=Retry(NoBackoff(), 0),
             single_connection_client=True,
             **credentials,
+            **NO_MAINT_NOTIFICATIONS,
         )
 
     return Clients(client, reader)
@@ -106,6 +117,7 @@ def sentinel(target: RedisTarget, settings: Settings) -> Clients:
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
         **({"ssl_ca_certs": target.ca_certs} if target.tls else {}),
+        **NO_MAINT_NOTIFICATIONS,
     }
     read_timeout = settings.reader_block_ms / 1000 + READ_MARGIN_SECONDS
 

@@ -299,7 +299,9 @@ class Publisher:
                     self.acknowledged.append((answer.json()["id"], str(n)))
                     self.acknowledged_at.append(self.answers[-1].at)
                     break
-                if answer.status_code != 503:
+                # 503: nothing was stored; 504: a write cut off by the failover may have
+                # been. Either way the same key settles it without a duplicate.
+                if answer.status_code not in (503, 504):
                     return
                 await asyncio.sleep(0.05)
             await asyncio.sleep(PUBLISH_EVERY_SECONDS)
@@ -388,13 +390,13 @@ async def test_a_sentinel_failover_loses_no_acknowledged_event(
 
     refused = [a for a in publisher.answers if a.status != 200]
     print(
-        f"\n{replicas} replicas: 503s from "
+        f"\n{replicas} replicas: 503/504s from "
         f"+{min(a.at for a in refused):.2f} s to +{max(a.at for a in refused):.2f} s "
         f"({len(refused)} answers), settled after +{settled:.2f} s, "
         f"hub reader reconnects {reconnects}, streams resumed {[f.resumes for f in followers]}"
     )
-    assert {(a.status, a.retry_after) for a in refused} == {(503, "1")}
-    assert min(a.at for a in refused) >= 0, "503s before the failover"
+    assert {(a.status, a.retry_after) for a in refused} <= {(503, "1"), (504, "1")}
+    assert min(a.at for a in refused) >= 0, "refusals before the failover"
     # Refusals stop once the new primary has a replica and Herald is on it.
     last_refused = max(a.at for a in refused)
     assert last_refused < settled + 3
