@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service.settings import Settings
 from service.store import Store
-from tests.conftest import RedisServer, free_port
+from tests.conftest import ROOT, HeraldFactory, RedisServer, free_port, run_herald
+from tests.sse import Event, SSEStream
 from workers.openai_stream import ChatMessage, Upstream
 from workers.relay import relay_answer
 from workers.sink import StoreSink
@@ -367,3 +374,107 @@ async def test_an_upstream_that_cannot_be_reached_ends_with_failed(relay_to_redi
             },
         )
     ]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def start_worker(tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`herald worker typewriter` with only `env` of the HERALD_ variables; log in tmp_path."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    with (tmp_path / "typewriter.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "worker", "typewriter"],
+            cwd=ROOT,
+            env=child_env | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def relay_env(herald_url: str, upstream: FakeUpstream, topic: str) -> dict[str, str]:
+    return {
+        "HERALD_URL": herald_url,
+        "HERALD_TYPEWRITER_UPSTREAM_URL": upstream.url,
+        "HERALD_TYPEWRITER_MODEL": MODEL,
+        "HERALD_TYPEWRITER_API_KEY": KEY,
+        "HERALD_TYPEWRITER_TEXT": "What is SSE?",
+        "HERALD_TYPEWRITER_TOPIC": topic,
+        "HERALD_TYPEWRITER_PAUSE_SECONDS": "600",
+    }
+
+
+async def until_the_answer_ends(stream: SSEStream) -> list[Event]:
+    events = [await stream.next_event()]
+    while events[-1].event not in ("done", "failed"):
+        events.append(await stream.next_event())
+    return events
+
+
+def answer_text(events: list[Event]) -> str:
+    return "".join(json.loads(e.data)["text"] for e in events if e.event == "token")
+
+
+@pytest.mark.integration
+async def test_the_typewriter_relays_an_upstream_answer_to_a_subscriber(
+    herald: HeraldFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    app = herald()
+    fake_upstream.script = Script(pieces=cut(event_stream(complete(DELTAS), "\r\n")))
+    params = {"topic": "chat.e2e", "lastEventId": "0-0"}
+    async with (
+        httpx.AsyncClient() as client,
+        SSEStream(client, f"{app.url}/events", params=params) as stream,
+    ):
+        worker = start_worker(tmp_path, **relay_env(app.url, fake_upstream, "chat.e2e"))
+        try:
+            events = await until_the_answer_ends(stream)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(10) == 0, (tmp_path / "typewriter.log").read_text()
+
+    assert answer_text(events) == "".join(DELTAS)
+    assert [e.event for e in events] == ["token"] * len(DELTAS) + ["done"]
+    assert json.loads(events[-1].data)["finish_reason"] == "stop"
+    (request,) = fake_upstream.received
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.body["messages"] == [{"role": "user", "content": "What is SSE?"}]
+
+
+@pytest.mark.integration
+async def test_a_worker_stopped_mid_answer_ends_it_with_failed(
+    herald: HeraldFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    app = herald()
+    fake_upstream.script = Script(pieces=cut(event_stream(opening(DELTAS[:3]))), end="stall")
+    params = {"topic": "chat.stop", "lastEventId": "0-0"}
+    async with (
+        httpx.AsyncClient() as client,
+        SSEStream(client, f"{app.url}/events", params=params) as stream,
+    ):
+        worker = start_worker(tmp_path, **relay_env(app.url, fake_upstream, "chat.stop"))
+        try:
+            first = await stream.collect(3)
+            worker.send_signal(signal.SIGTERM)
+            events = first + await until_the_answer_ends(stream)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(10) == 0, (tmp_path / "typewriter.log").read_text()
+
+    assert [e.event for e in events] == ["token"] * 3 + ["failed"]
+    assert answer_text(events) == "".join(DELTAS[:3])
+    failed = json.loads(events[-1].data)
+    assert (failed["tokens"], failed["detail"]) == (3, "the relay was stopped")
+
+
+def test_an_upstream_without_a_model_says_what_to_set() -> None:
+    done = run_herald(
+        "worker",
+        "typewriter",
+        "--url",
+        "http://127.0.0.1:9",
+        "--typewriter-upstream-url",
+        "http://127.0.0.1:9/v1",
+    )
+    assert done.returncode == 1
+    assert "HERALD_TYPEWRITER_UPSTREAM_URL needs HERALD_TYPEWRITER_MODEL" in done.stderr
