@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 
 from service.settings import Settings
 from service.store import Store
-from tests.conftest import ROOT, HeraldFactory, RedisServer, free_port, run_herald
+from tests.conftest import ROOT, HeraldFactory, RedisServer, free_port, run_herald, wait_until
 from tests.sse import Event, SSEStream
 from workers.openai_stream import ChatMessage, Upstream
 from workers.relay import relay_answer
@@ -478,3 +479,71 @@ def test_an_upstream_without_a_model_says_what_to_set() -> None:
     )
     assert done.returncode == 1
     assert "HERALD_TYPEWRITER_UPSTREAM_URL needs HERALD_TYPEWRITER_MODEL" in done.stderr
+
+
+# --------------------------------------------------------------------------- the README's recipe
+
+
+def readme_recipe() -> str:
+    """The Python block of the README's "Relay an LLM answer from your backend"."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Relay an LLM answer from your backend", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+def start_backend(directory: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The recipe, saved as `backend.py` in `directory`, under uvicorn on `port`."""
+    (directory / "backend.py").write_text(readme_recipe(), encoding="utf-8")
+    with (directory / "backend.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(port)],
+            cwd=directory,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.mark.integration
+async def test_the_readme_backend_recipe_relays_an_answer_to_the_page(
+    herald: HeraldFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    app = herald()
+    fake_upstream.script = Script(pieces=cut(event_stream(complete(DELTAS))))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HERALD_", "OPENAI_"))}
+    env |= {
+        "HERALD_URL": app.url,
+        "OPENAI_BASE_URL": fake_upstream.url,
+        "OPENAI_MODEL": MODEL,
+        "OPENAI_API_KEY": KEY,
+    }
+    backend = start_backend(tmp_path, port, env)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def listening() -> bool:
+                assert backend.poll() is None, "the backend exited"
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/docs")
+                except httpx.TransportError:
+                    return False
+                return True
+
+            await wait_until(listening, "the backend listening")
+            asked = await client.post(f"http://127.0.0.1:{port}/ask", json={"prompt": "SSE?"})
+            assert asked.status_code == 200, asked.text
+            topic = asked.json()["topic"]
+            params = {"topic": topic, "lastEventId": "0-0"}
+            async with SSEStream(client, f"{app.url}/events", params=params) as stream:
+                events = await until_the_answer_ends(stream)
+    finally:
+        backend.terminate()
+        backend.wait(10)
+        print((tmp_path / "backend.log").read_text())
+
+    assert answer_text(events) == "".join(DELTAS)
+    assert events[-1].event == "done"
+    assert fake_upstream.received[0].body["messages"] == [{"role": "user", "content": "SSE?"}]
