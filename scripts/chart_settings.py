@@ -33,6 +33,7 @@ SET_BY_THE_CHART = {
     "jwt_key": "Secret (auth.jwtKey or existingSecret)",
     "token": "Secret (auth.token or existingSecret), for `helm test` and workers over HTTP",
     "metrics_token": "Secret (auth.metricsToken or existingSecret); the ServiceMonitor sends it",
+    "typewriter_api_key": "Secret (auth.typewriterApiKey or existingSecret)",
     "url": "workers publish straight into Redis",
     "host": "the container listens on 0.0.0.0",
     "port": "the container port, 8000",

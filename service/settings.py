@@ -222,12 +222,36 @@ class Settings(BaseSettings):
         default="chat.demo", description="Typewriter worker: the topic answers stream to."
     )
     typewriter_text: str | None = Field(
-        default=None, description="Typewriter worker: the text to stream."
+        default=None,
+        description="Typewriter worker: the text to stream; with an upstream, the prompt "
+        "sent to it.",
     )
     typewriter_file: str | None = Field(
         default=None,
         description="Typewriter worker: a file of texts separated by blank lines, streamed "
-        "in turn (instead of HERALD_TYPEWRITER_TEXT).",
+        "in turn (instead of HERALD_TYPEWRITER_TEXT); with an upstream, prompts.",
+    )
+    typewriter_upstream_url: str | None = Field(
+        default=None,
+        description="Typewriter worker: base URL of an OpenAI-compatible API, /v1 included "
+        "(https://api.openai.com/v1, http://127.0.0.1:11434/v1 for Ollama). Set: each text "
+        "is sent to it as a prompt and its streamed answer relayed. Unset: texts typed out.",
+    )
+    typewriter_model: str | None = Field(
+        default=None,
+        description="Typewriter worker: the model the upstream answers with (needed with "
+        "HERALD_TYPEWRITER_UPSTREAM_URL).",
+    )
+    typewriter_api_key: SecretStr | None = Field(
+        default=None,
+        description="Typewriter worker: the upstream's API key, sent as Authorization: Bearer. "
+        "Unset: no Authorization header (local servers).",
+    )
+    typewriter_upstream_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Typewriter worker: longest wait for the upstream to connect, to start "
+        "answering, or between two chunks; longer ends the answer with `failed`.",
     )
     typewriter_tokens_per_second: float = Field(
         default=25.0, gt=0, description="Typewriter worker: average pace of tokens."

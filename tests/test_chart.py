@@ -83,6 +83,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "jwtKey": "a-long-enough-hs256-secret-for-tests",
             "token": "x.y.z",
             "metricsToken": "scrape-secret",
+            "typewriterApiKey": "sk-upstream",
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "networkPolicy": {
@@ -423,6 +424,7 @@ def test_secrets_come_from_the_chart_s_secret_or_an_existing_one(
         "HERALD_JWT_KEY",
         "HERALD_TOKEN",
         "HERALD_METRICS_TOKEN",
+        "HERALD_TYPEWRITER_API_KEY",
     }
 
 

@@ -3,7 +3,8 @@
 stocks      stock ticks, a random walk per symbol      event `tick` on stocks.<SYMBOL>
 logs        lines of files, followed like `tail -F`     event `log` on logs.<name>
 online      subscriber counts summed over replicas     event `online` on presence.<topic>
-typewriter  texts streamed token by token               events `token`, `done` on chat.<id>
+typewriter  texts streamed token by token, or an       events `token`, `done` on chat.<id>
+            LLM's answers relayed (workers.relay)      (relayed: `done` or `failed`)
 """
 
 from __future__ import annotations

@@ -4,19 +4,29 @@ Each answer is a run of `token` events then one `done` event on the same topic; 
 tokens joined give back the text exactly. Pacing imitates a model: a moment of
 "thinking", then tokens at `typewriter_tokens_per_second` with a random spread and
 longer pauses after punctuation.
+
+With `typewriter_upstream_url` the texts are prompts instead, and the answers those of
+an OpenAI-compatible API, relayed by `workers.relay` (which may end one with `failed`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
 from service.models import PublishEvent
-from workers.runtime import Runtime
+from service.settings import Settings
+from workers.openai_stream import ChatMessage, Upstream
+from workers.relay import relay_answer
+from workers.runtime import Runtime, Stopped
+
+log = logging.getLogger("herald.worker")
 
 # Word pieces of up to six letters, numbers in threes, single punctuation marks, each
 # carrying the whitespace before it: roughly how BPE vocabularies cut English.
@@ -33,6 +43,9 @@ DEFAULT_TEXTS = (
     "Scaling out is adding replicas. They keep nothing of their own; all state lives in "
     "Redis, so any replica can resume any client, and no sticky sessions are needed.",
 )
+DEFAULT_PROMPTS = (
+    "In three sentences: what are Server-Sent Events, and when are they the right choice?",
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -46,7 +59,9 @@ def delay_after(token: str, tokens_per_second: float, rng: random.Random) -> flo
     return base * _PAUSE_AFTER.get(token.rstrip(" ")[-1:], 1.0)
 
 
-def load_texts(text: str | None, file: str | None) -> list[str]:
+def load_texts(
+    text: str | None, file: str | None, default: Sequence[str] = DEFAULT_TEXTS
+) -> list[str]:
     if text:
         return [text]
     if file:
@@ -55,7 +70,7 @@ def load_texts(text: str | None, file: str | None) -> list[str]:
         if not texts:
             raise SystemExit(f"herald worker typewriter: {file} holds no text")
         return texts
-    return list(DEFAULT_TEXTS)
+    return list(default)
 
 
 def _cycle(texts: list[str]) -> Iterator[str]:
@@ -65,12 +80,56 @@ def _cycle(texts: list[str]) -> Iterator[str]:
 
 async def run(rt: Runtime) -> None:
     settings = rt.settings
-    texts = load_texts(settings.typewriter_text, settings.typewriter_file)
+    upstream = upstream_of(settings)
+    default = DEFAULT_TEXTS if upstream is None else DEFAULT_PROMPTS
+    texts = load_texts(settings.typewriter_text, settings.typewriter_file, default)
     topic = settings.typewriter_topic
     rng = random.Random()
     for text in _cycle(texts):
-        await stream_answer(rt, topic, text, rng)
+        if upstream is None:
+            await stream_answer(rt, topic, text, rng)
+        else:
+            await relay_prompt(rt, upstream, topic, text)
         await rt.sleep(settings.typewriter_pause_seconds)
+
+
+def upstream_of(settings: Settings) -> Upstream | None:
+    """The API to relay answers from; None: the texts are typed out."""
+    if settings.typewriter_upstream_url is None:
+        return None
+    if not settings.typewriter_model:
+        raise SystemExit(
+            "herald worker typewriter: HERALD_TYPEWRITER_UPSTREAM_URL needs HERALD_TYPEWRITER_MODEL"
+        )
+    return Upstream(
+        url=settings.typewriter_upstream_url,
+        model=settings.typewriter_model,
+        api_key=settings.typewriter_api_key,
+        timeout=settings.typewriter_upstream_timeout_seconds,
+    )
+
+
+async def relay_prompt(rt: Runtime, upstream: Upstream, topic: str, prompt: str) -> None:
+    """Relay the upstream's answer to `prompt`; a stop meanwhile ends it with `failed`."""
+
+    async def publish(events: list[PublishEvent]) -> None:
+        await rt.retry("publishing tokens", partial(rt.sink.publish, events))
+
+    messages = [ChatMessage(role="user", content=prompt)]
+    relay = asyncio.create_task(relay_answer(publish, topic, messages, upstream))
+    stopping = asyncio.create_task(rt.stopping.wait())
+    try:
+        await asyncio.wait({relay, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not relay.done():
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+    if relay.cancelled():
+        raise Stopped
+    relayed = relay.result()
+    if relayed.detail is not None:
+        log.warning("%s: answer %s failed: %s", rt.name, relayed.answer, relayed.detail)
 
 
 async def stream_answer(rt: Runtime, topic: str, text: str, rng: random.Random) -> str:
