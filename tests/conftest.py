@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import signal
 import socket
@@ -33,6 +32,11 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+
+from tests import ports
+
+# Test modules import the picker from here, where it used to live.
+from tests.ports import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_START_TIMEOUT = 10.0
@@ -59,26 +63,6 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     report = getattr(request.node, "report_call", None)
     setup = getattr(request.node, "report_setup", None)
     return bool((report and report.failed) or (setup and setup.failed))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too."""
-    while True:
-        port = random.randint(20_000, 55_535)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-            return port
 
 
 def run_herald(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -230,7 +214,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         if os.environ.get("CI") == "true":
             pytest.fail(message + "; under CI=true this is a failure, not a skip")
         pytest.skip(message)
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(ports.free_port(), tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server
@@ -303,7 +287,7 @@ class HeraldLauncher:
         (default: a free one) lets a restarted Herald come back where its clients were.
         Without a Redis URL it runs on the embedded fakeredis.
         """
-        port = port or free_port()
+        port = port or ports.free_port()
         extra = {name: str(value) for name, value in env.items()}
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         child_env |= {"PYTHONUNBUFFERED": "1"} | extra

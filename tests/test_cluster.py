@@ -26,7 +26,8 @@ from redis.crc import key_slot
 
 from service.client import AsyncPublisher
 from service.models import PublishEvent
-from tests.conftest import ROOT, HeraldLauncher, cluster_port, metric
+from tests.conftest import ROOT, HeraldLauncher, metric
+from tests.ports import cluster_port
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HeraldLauncher, cluster_port
+from tests.conftest import HeraldLauncher
+from tests.ports import cluster_port
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
