@@ -17,7 +17,7 @@ import random
 import re
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,6 +53,18 @@ def cluster_port() -> int:
             except OSError:
                 continue
             return port
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as the block runs.
+
+    Bound but not listening: the kernel refuses every connection, and no other process
+    can start listening there meanwhile, as it could on a port that was merely free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 def start_on_free_port(
