@@ -300,7 +300,7 @@ def wait_ready(herald: Herald) -> None:
     INFO, the default level; `herald.port` is set from there.
     """
     deadline = time.monotonic() + HERALD_START_TIMEOUT
-    last = "no port in its log yet"
+    last = "not listening yet"
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             # Whether it exited, before reading the log: then the log has its last words.

@@ -24,7 +24,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 ATTEMPTS = 5
-# uvicorn, redis-server and nginx all say it this way, in this or another case.
+# How uvicorn and redis-server say it, in one case or another.
 IN_USE = re.compile("address already in use", re.IGNORECASE)
 # uvicorn logs the port it got at INFO when it was given port 0.
 UVICORN_RUNNING = re.compile(r"Uvicorn running on \S+://\S+:(\d+) \(Press CTRL\+C to quit\)")
