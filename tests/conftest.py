@@ -6,7 +6,8 @@ Async tests and fixtures run under pytest-asyncio; pyproject.toml sets
 integration module marks itself `asyncio`, so they also work in strict mode.
 
 Integration tests start their own `redis-server` on a free loopback port (never one
-that happens to be running) and the real service as a subprocess on another free port:
+that happens to be running) and the real service as a subprocess on another free port,
+without racing other processes for the ports (see tests/ports.py):
 
     def test_something(herald):
         app = herald(HERALD_HEARTBEAT_SECONDS="1")
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import signal
 import socket
@@ -33,6 +33,11 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+
+from tests import ports
+
+# Test modules import the picker from here, where it used to live.
+from tests.ports import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_START_TIMEOUT = 10.0
@@ -61,26 +66,6 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     report = getattr(request.node, "report_call", None)
     setup = getattr(request.node, "report_setup", None)
     return bool((report and report.failed) or (setup and setup.failed))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too."""
-    while True:
-        port = random.randint(20_000, 55_535)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-            return port
 
 
 def run_herald(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -149,12 +134,17 @@ def _tail(path: Path, limit: int = 6000) -> str:
 
 @dataclass
 class RedisServer:
-    """A private `redis-server` process on 127.0.0.1."""
+    """A private `redis-server` process on 127.0.0.1.
+
+    Its first start moves to another port (`pick_port`) while the one it has turns out
+    taken; a restart stays on its port, where its clients are.
+    """
 
     port: int
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    started_once: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.log_path = self.directory / "redis-server.log"
@@ -167,6 +157,20 @@ class RedisServer:
         """Start (or restart, on the same port) and wait until PING answers."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        if self.started_once:
+            self._launch(self.port)
+        else:
+            ports.start_on_free_port(self._launch, first=self.port, pick=self.pick_port)
+            self.started_once = True
+
+    def pick_port(self) -> int:
+        """A port to try when the first start finds its port taken."""
+        return ports.free_port()
+
+    def _launch(self, port: int) -> None:
+        self.port = port
+        # The log is kept across restarts: only what this start wrote tells about it.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -176,12 +180,15 @@ class RedisServer:
             )
         deadline = time.monotonic() + REDIS_START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            # Whether it exited, before reading the log: then the log has its last words.
+            exited = self.proc.poll() is not None
+            written = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            if ports.bound(self.proc, port, written) and self.ping():
+                return
+            if exited:
                 pytest.fail(
                     f"redis-server exited with {self.proc.returncode}:\n{_tail(self.log_path)}"
                 )
-            if self.ping():
-                return
             time.sleep(0.05)
         self.kill()
         pytest.fail(
@@ -232,7 +239,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         if os.environ.get("CI") == "true":
             pytest.fail(message + "; under CI=true this is a failure, not a skip")
         pytest.skip(message)
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(ports.free_port(), tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server
@@ -267,7 +274,7 @@ async def redis_client(flushed_redis: RedisServer) -> AsyncIterator[aioredis.Red
 class Herald:
     """A running `python -m service serve` process."""
 
-    port: int
+    port: int  # 0 until a Herald started on port 0 has said which port it got
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
     stdout_path: Path
@@ -288,6 +295,41 @@ class Herald:
         return _stop_process(self.proc, timeout)
 
 
+def wait_ready(herald: Herald) -> None:
+    """Wait until `herald` listens and /readyz answers 200; fail with its logs otherwise.
+
+    A Herald started on port 0 (`herald.port` 0) says the port it got in its log, at
+    INFO, the default level; `herald.port` is set from there.
+    """
+    deadline = time.monotonic() + HERALD_START_TIMEOUT
+    last = "not listening yet"
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            # Whether it exited, before reading the log: then the log has its last words.
+            exited = herald.proc.poll() is not None
+            stderr = herald.stderr_path.read_text(errors="replace")
+            if not herald.port:
+                herald.port = ports.uvicorn_port(stderr) or 0
+            if herald.port and ports.bound(herald.proc, herald.port, stderr):
+                try:
+                    answer = client.get(f"{herald.url}/readyz")
+                    if answer.status_code == 200:
+                        return
+                    last = f"{answer.status_code} {answer.text[:200]}"
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+            elif exited:
+                pytest.fail(
+                    f"Herald exited with {herald.proc.returncode} before it was ready\n"
+                    + herald.logs()
+                )
+            time.sleep(0.1)
+    herald.terminate()
+    pytest.fail(
+        f"Herald not ready within {HERALD_START_TIMEOUT} s (last /readyz: {last})\n" + herald.logs()
+    )
+
+
 class HeraldLauncher:
     """Starts Herald processes against one redis-server and stops them all at the end."""
 
@@ -301,57 +343,37 @@ class HeraldLauncher:
     ) -> Herald:
         """Start Herald with `HERALD_REDIS_URL` and `env` (`HERALD_*` names); wait for /readyz.
 
-        `host` is where it listens; the tests reach it on 127.0.0.1 either way. `port`
-        (default: a free one) lets a restarted Herald come back where its clients were.
+        `host` is where it listens; the tests reach it on 127.0.0.1 either way. Without
+        `port` it binds port 0, so that no other process can take its port first; `port`
+        lets a restarted Herald come back where its clients were.
         Without a Redis URL it runs on the embedded fakeredis.
         """
-        port = port or free_port()
         extra = {name: str(value) for name, value in env.items()}
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         child_env |= {"PYTHONUNBUFFERED": "1"} | extra
         if self.redis_url is not None:
             child_env["HERALD_REDIS_URL"] = self.redis_url
-        index = len(self.started)
-        stdout_path = self.directory / f"herald-{index}-{port}.stdout.log"
-        stderr_path = self.directory / f"herald-{index}-{port}.stderr.log"
+        stdout_path, stderr_path = self._log_paths()
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
             proc = subprocess.Popen(
-                [*SERVE, "--host", host, "--port", str(port)],
+                [*SERVE, "--host", host, "--port", str(port or 0)],
                 cwd=ROOT,
                 env=child_env,
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
             )
-        herald = Herald(port, proc, extra, stdout_path, stderr_path)
+        herald = Herald(port or 0, proc, extra, stdout_path, stderr_path)
         self.started.append(herald)
-        self._wait_ready(herald)
+        wait_ready(herald)
         return herald
 
-    @staticmethod
-    def _wait_ready(herald: Herald) -> None:
-        deadline = time.monotonic() + HERALD_START_TIMEOUT
-        last = "no answer"
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if herald.proc.poll() is not None:
-                    pytest.fail(
-                        f"Herald exited with {herald.proc.returncode} before it was ready\n"
-                        + herald.logs()
-                    )
-                try:
-                    answer = client.get(f"{herald.url}/readyz")
-                    if answer.status_code == 200:
-                        return
-                    last = f"{answer.status_code} {answer.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                time.sleep(0.1)
-        herald.terminate()
-        pytest.fail(
-            f"Herald not ready within {HERALD_START_TIMEOUT} s (last /readyz: {last})\n"
-            + herald.logs()
-        )
+    def _log_paths(self) -> tuple[Path, Path]:
+        # Launchers may share a directory, and the port is not known before the start.
+        n = len(self.started)
+        while (self.directory / f"herald-{n}.stdout.log").exists():
+            n += 1
+        return self.directory / f"herald-{n}.stdout.log", self.directory / f"herald-{n}.stderr.log"
 
     def stop_all(self, show_logs: bool) -> None:
         for herald in self.started:

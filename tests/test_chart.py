@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.conftest import ROOT, RedisServer, free_port
+from tests.conftest import ROOT, Herald, RedisServer, wait_ready
 
 CHART = ROOT / "helm" / "herald"
 KUBE_VERSION = "1.30.0"
@@ -510,17 +510,21 @@ def test_the_rendered_pods_run_herald_and_pass_the_helm_test(
     docs = render(helm, tmp_path, values)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
     env |= only(docs, "ConfigMap")["data"] | only(docs, "Secret")["stringData"]
-    port = free_port()
-    env |= {"HERALD_PORT": str(port), "HERALD_HOST": "127.0.0.1"}  # the pod's own network
+    # The pod's own network; port 0, so that no other process can take its port first.
+    env |= {"HERALD_PORT": "0", "HERALD_HOST": "127.0.0.1"}
 
-    def run(args: list[str], log: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / log).open("wb") as out:
+    def run(args: list[str], name: str) -> subprocess.Popen[bytes]:
+        """`herald ARGS…`, its output in NAME.stdout.log and NAME.stderr.log."""
+        with (
+            (tmp_path / f"{name}.stdout.log").open("wb") as out,
+            (tmp_path / f"{name}.stderr.log").open("wb") as err,
+        ):
             return subprocess.Popen(
                 [sys.executable, "-m", "service", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
             )
 
     (server_container,) = server(docs)["spec"]["template"]["spec"]["containers"]
@@ -528,11 +532,14 @@ def test_the_rendered_pods_run_herald_and_pass_the_helm_test(
         "containers"
     ]
     (hook,) = only(docs, "Pod")["spec"]["containers"]
-    herald_process = run(server_container["args"], "server.log")
-    worker_process = run(worker_container["args"], "worker.log")
+    herald_process = run(server_container["args"], "server")
+    worker_process = run(worker_container["args"], "worker")
+    herald = Herald(
+        0, herald_process, env, tmp_path / "server.stdout.log", tmp_path / "server.stderr.log"
+    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, herald_process, tmp_path / "server.log")
+        wait_ready(herald)
+        url = herald.url
         args = [url if a == "http://herald:80" else a for a in hook["args"]]
         check = subprocess.run(
             [sys.executable, "-m", "service", *args],
@@ -549,22 +556,9 @@ def test_the_rendered_pods_run_herald_and_pass_the_helm_test(
         while ticks < 5 and time.monotonic() < deadline:
             ticks = httpx.get(f"{url}/topics/stocks.ACME").json()["length"]
             time.sleep(0.1)
-        assert ticks >= 5, (tmp_path / "worker.log").read_text()
+        assert ticks >= 5, (tmp_path / "worker.stderr.log").read_text()
     finally:
         grace = server(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         for process in (worker_process, herald_process):
             process.send_signal(signal.SIGTERM)
             assert process.wait(grace) == 0
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"Herald did not become ready:\n{log.read_text()}")

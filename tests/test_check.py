@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from service.keys import stream_key
-from tests.conftest import ROOT, Herald, HeraldFactory, RedisServer, free_port
+from tests.conftest import ROOT, Herald, HeraldFactory, RedisServer
+from tests.ports import refused_port
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +57,9 @@ def test_check_publishes_and_receives_one_event(
 
 
 def test_check_against_a_closed_port_exits_1_with_one_line() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    done = herald_check("--url", url)
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        done = herald_check("--url", url)
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == f"herald check: could not connect while opening the stream at {url}\n"
 

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from service.client import AsyncPublisher, Publisher, Rejected, Unavailable
 from service.keys import idempotency_key, stream_key
 from service.models import PublishEvent
-from tests.conftest import Herald, HeraldFactory, free_port
+from tests.conftest import Herald, HeraldFactory
+from tests.ports import refused_port
 from tests.sse import SSEStream
 
 integration = pytest.mark.integration
@@ -350,9 +351,13 @@ def test_a_key_reused_for_another_body_raises_rejected_with_the_detail(
 
 @integration
 def test_unavailable_after_the_retries_against_a_closed_port() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with Publisher(url, retries=2, backoff=0.01) as herald, pytest.raises(Unavailable) as raised:
-        herald.publish("t", "x")
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        with (
+            Publisher(url, retries=2, backoff=0.01) as herald,
+            pytest.raises(Unavailable) as raised,
+        ):
+            herald.publish("t", "x")
     assert raised.value.attempts == 3
     assert (
         str(raised.value) == f"Herald at {url} is unavailable after 3 attempts: could not connect"

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ from redis.crc import key_slot
 
 from service.client import AsyncPublisher
 from service.models import PublishEvent
-from tests.conftest import ROOT, HeraldLauncher, cluster_port, metric
+from tests import ports
+from tests.conftest import ROOT, HeraldLauncher, RedisServer, metric
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -35,30 +37,19 @@ NODE_TIMEOUT_MS = 2000
 START_TIMEOUT = 20.0
 
 
-@dataclass
-class ClusterNode:
-    port: int
-    directory: Path
-    proc: subprocess.Popen[bytes] | None = None
+class ClusterNode(RedisServer):
+    """A cluster-enabled redis-server; its cluster bus listens 10,000 above its port."""
 
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.directory),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+        ]  # fmt: skip
+
+    def pick_port(self) -> int:
+        return ports.cluster_port()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
@@ -150,17 +141,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             pytest.fail(message)
         pytest.skip(message)
     root = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    while len(ports) < 6:
-        port = cluster_port()
-        if port not in ports:
-            ports.append(port)
-    nodes = [ClusterNode(port, root / str(port)) for port in ports]
-    for node in nodes:
-        node.start()
+    nodes: list[ClusterNode] = []
     try:
-        for node in nodes:
-            _wait_ping(node)
+        for n in range(6):
+            # Picked once the nodes before it hold their ports, so it cannot pick theirs.
+            nodes.append(ClusterNode(ports.cluster_port(), root / f"node-{n}"))
+            nodes[-1].directory.mkdir()
+            nodes[-1].start()
         made = subprocess.run(
             [
                 "redis-cli", "--cluster", "create",
@@ -177,21 +164,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield built
     finally:
         for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait(5)
+            node.kill()
 
 
-def _wait_ping(node: ClusterNode) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+def test_a_node_whose_cluster_bus_port_was_taken_starts_on_other_ports(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # `redis_server` only for its check that redis-server is installed.
+    with socket.create_server(("127.0.0.1", 0)) as bus:
+        taken = int(bus.getsockname()[1]) - 10_000
+        real = ports.cluster_port
+        picks = iter([taken])
+        monkeypatch.setattr(ports, "cluster_port", lambda: next(picks, None) or real())
+        node = ClusterNode(ports.cluster_port(), tmp_path)
         try:
+            node.start()
+            assert node.port != taken
             with node.client() as client:
-                if client.ping():
-                    return
-        except redis.RedisError:
-            time.sleep(0.05)
-    pytest.fail(f"redis-server :{node.port} did not start")
+                assert client.ping()
+        finally:
+            node.kill()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httpx
 import uvicorn
@@ -10,23 +11,24 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.direct import DirectWriter, chunk
-from tests.conftest import free_port
 
 
 async def get_from_uvicorn(app: ASGIApp, headers: dict[str, str] | None = None) -> httpx.Response:
     """GET / from `app` served by a real uvicorn with httptools on a free port."""
-    port = free_port()
-    config = uvicorn.Config(app, port=port, http="httptools", loop="asyncio", log_level="error")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient() as client:
-            return await client.get(f"http://127.0.0.1:{port}/", headers=headers)
-    finally:
-        server.should_exit = True
-        await serving
+    # Bound here, on port 0, so that no other process can take the port first.
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        config = uvicorn.Config(app, http="httptools", loop="asyncio", log_level="error")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
+        try:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+                await asyncio.sleep(0.01)
+            async with httpx.AsyncClient() as client:
+                return await client.get(f"http://127.0.0.1:{port}/", headers=headers)
+        finally:
+            server.should_exit = True
+            await serving
 
 
 async def test_frames_written_directly_reach_a_real_client_between_asgi_sends() -> None:

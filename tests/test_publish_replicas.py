@@ -67,12 +67,13 @@ class Primary(RedisServer):
         return [*super().command(), "--repl-diskless-sync-delay", "0"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Replica(RedisServer):
-    primary_port: int = 0
+    primary: RedisServer
 
     def command(self) -> list[str]:
-        return [*super().command(), "--replicaof", "127.0.0.1", str(self.primary_port)]
+        # Read at each start: the primary's first start may have moved it.
+        return [*super().command(), "--replicaof", "127.0.0.1", str(self.primary.port)]
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, Replica]]:
     (tmp_path / "primary").mkdir()
     (tmp_path / "replica").mkdir()
     primary = Primary(free_port(), tmp_path / "primary")
-    replica = Replica(free_port(), tmp_path / "replica", primary_port=primary.port)
+    replica = Replica(free_port(), tmp_path / "replica", primary=primary)
     try:
         primary.start()
         replica.start()

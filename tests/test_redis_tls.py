@@ -7,13 +7,15 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import HeraldLauncher, cluster_port
+from tests import ports
+from tests.conftest import HeraldLauncher, RedisServer
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -45,26 +47,33 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def tls_server(
-    certificates: Path, directory: Path, port: int, *extra: str
-) -> subprocess.Popen[bytes]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "redis.log").open("ab") as log:
-        return subprocess.Popen(
-            [
-                "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                "--tls-cert-file", str(certificates / "server.pem"),
-                "--tls-key-file", str(certificates / "server.key"),
-                "--tls-ca-cert-file", str(certificates / "ca.pem"),
-                "--tls-auth-clients", "no",
-                "--user", "default", "off",
-                "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
-                "--save", "", "--appendonly", "no", "--dir", str(directory),
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+@dataclass(kw_only=True)
+class TlsRedis(RedisServer):
+    """A redis-server that accepts only TLS (its certificate from `certificates`) and only
+    the ACL user USER; `options` are more redis-server flags."""
+
+    certificates: Path
+    options: tuple[str, ...] = ()
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(self.certificates / "server.pem"),
+            "--tls-key-file", str(self.certificates / "server.key"),
+            "--tls-ca-cert-file", str(self.certificates / "ca.pem"),
+            "--tls-auth-clients", "no",
+            "--user", "default", "off",
+            "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            *self.options,
+        ]  # fmt: skip
+
+    def pick_port(self) -> int:
+        # As a cluster node, its bus port (10,000 higher) must be free too.
+        return ports.cluster_port()
+
+    def ping(self) -> bool:
+        return redis_cli(self.certificates, "-p", str(self.port), "PING").stdout.strip() == "PONG"
 
 
 def redis_cli(certificates: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,22 +86,24 @@ def redis_cli(certificates: Path, *args: str) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
-def wait_tls(certificates: Path, port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if redis_cli(certificates, "-p", str(port), "PING").stdout.strip() == "PONG":
-            return
-        time.sleep(0.1)
-    pytest.fail(f"TLS redis-server :{port} did not answer")
-
-
 @pytest.fixture
-def stopped_at_end() -> Iterator[list[subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        process.kill()
-        process.wait(5)
+def tls_redis(certificates: Path, tmp_path: Path) -> Iterator[Callable[..., TlsRedis]]:
+    """Factory: `tls_redis(*options)` starts a TlsRedis; every one is killed at the end."""
+    started: list[TlsRedis] = []
+
+    def start(*options: str) -> TlsRedis:
+        directory = tmp_path / f"redis-{len(started)}"
+        directory.mkdir()
+        server = TlsRedis(
+            ports.cluster_port(), directory, certificates=certificates, options=options
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
 
 
 async def round_trip(url: str, topic: str) -> None:
@@ -108,11 +119,9 @@ async def round_trip(url: str, topic: str) -> None:
 
 
 async def test_one_server_over_tls_with_an_acl_user(
-    certificates: Path, tmp_path: Path, stopped_at_end: list[subprocess.Popen[bytes]]
+    certificates: Path, tmp_path: Path, tls_redis: Callable[..., TlsRedis]
 ) -> None:
-    port = cluster_port()
-    stopped_at_end.append(tls_server(certificates, tmp_path / "redis", port))
-    wait_tls(certificates, port)
+    port = tls_redis().port
     ca = certificates / "ca.pem"
     url = f"rediss://{USER}:{PASSWORD_IN_URL}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
     launcher = HeraldLauncher(url, tmp_path)
@@ -123,38 +132,27 @@ async def test_one_server_over_tls_with_an_acl_user(
         launcher.stop_all(show_logs=True)
 
 
-def start_tls_cluster(
-    certificates: Path, directory: Path, ports: list[int], started: list[subprocess.Popen[bytes]]
-) -> None:
-    cluster_options = ["--tls-cluster", "yes", "--cluster-enabled", "yes"]
-    for port in ports:
-        node = directory / str(port)
-        started.append(tls_server(certificates, node, port, *cluster_options))
-    for port in ports:
-        wait_tls(certificates, port)
-    nodes = [f"127.0.0.1:{p}" for p in ports]
-    made = redis_cli(certificates, "--cluster", "create", *nodes, "--cluster-yes")
+def start_tls_cluster(certificates: Path, tls_redis: Callable[..., TlsRedis]) -> list[int]:
+    """Three TLS nodes made into a cluster; their ports."""
+    nodes = [tls_redis("--tls-cluster", "yes", "--cluster-enabled", "yes") for _ in range(3)]
+    addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+    made = redis_cli(certificates, "--cluster", "create", *addresses, "--cluster-yes")
     assert made.returncode == 0, made.stdout + made.stderr
     deadline = time.monotonic() + 20
     while True:
-        info = redis_cli(certificates, "-p", str(ports[0]), "CLUSTER", "INFO").stdout
+        info = redis_cli(certificates, "-p", str(nodes[0].port), "CLUSTER", "INFO").stdout
         if "cluster_state:ok" in info:
-            return
+            return [n.port for n in nodes]
         assert time.monotonic() < deadline, "the TLS cluster did not become ok"
         time.sleep(0.1)
 
 
 async def test_a_cluster_over_tls_with_an_acl_user(
-    certificates: Path, tmp_path: Path, stopped_at_end: list[subprocess.Popen[bytes]]
+    certificates: Path, tmp_path: Path, tls_redis: Callable[..., TlsRedis]
 ) -> None:
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = cluster_port()
-        if port not in ports:
-            ports.append(port)
-    start_tls_cluster(certificates, tmp_path, ports, stopped_at_end)
+    node_ports = start_tls_cluster(certificates, tls_redis)
     ca = certificates / "ca.pem"
-    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    hosts = ",".join(f"127.0.0.1:{p}" for p in node_ports)
     url = f"rediss+cluster://{USER}:{PASSWORD_IN_URL}@{hosts}?ssl_ca_certs={ca}"
     launcher = HeraldLauncher(url, tmp_path)
     try:

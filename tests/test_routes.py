@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ from service.app import create_app
 from service.keys import stream_key
 from service.settings import Settings
 from service.subscriber import Subscriber
+from tests.ports import refused_port
 
 
 def make_client(**overrides: object) -> TestClient:
@@ -142,15 +142,11 @@ def test_operations_endpoints_answer(client: TestClient) -> None:
     assert "EventSource" in client.get("/").text
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_redis_unreachable_gets_503_with_retry_after_and_readyz_fails() -> None:
-    url = f"redis://127.0.0.1:{closed_port()}/0"
-    with make_client(redis_url=url, redis_timeout_seconds=1) as client:
+    with (
+        refused_port() as port,
+        make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=1) as client,
+    ):
         answer = client.post("/publish", json={"topic": "t", "data": 1})
         assert answer.status_code == 503
         assert answer.headers["retry-after"] == "1"

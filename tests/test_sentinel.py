@@ -36,30 +36,34 @@ SETTLE_TIMEOUT = 20.0
 PUBLISH_EVERY_SECONDS = 0.02
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReplicatedRedis(RedisServer):
-    """A redis-server that takes writes only while `replicas` replicas follow it."""
+    """A redis-server that takes writes only while `replicas` replicas follow it, itself a
+    replica of `follows` when given."""
 
     replicas: int = 1
-    options: tuple[str, ...] = ()
+    follows: RedisServer | None = None
 
     def command(self) -> list[str]:
-        return [
+        command = [
             *super().command(),
             "--min-replicas-to-write", str(self.replicas),
             "--repl-diskless-sync-delay", "0",
-            *self.options,
         ]  # fmt: skip
+        if self.follows is not None:
+            # Read at each start: the primary's first start may have moved it.
+            command += ["--replicaof", "127.0.0.1", str(self.follows.port)]
+        return command
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SentinelServer(RedisServer):
-    """`redis-server sentinel.conf --sentinel`, monitoring the primary as SERVICE."""
+    """`redis-server sentinel.conf --sentinel`, monitoring `primary` as SERVICE."""
 
-    primary_port: int = 0
+    primary: RedisServer
 
     def command(self) -> list[str]:
         config = self.directory / "sentinel.conf"
@@ -67,7 +71,7 @@ class SentinelServer(RedisServer):
             f"port {self.port}\n"
             "bind 127.0.0.1\n"
             f"dir {self.directory}\n"
-            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
         )
@@ -157,17 +161,14 @@ def sentinel_setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[S
         _cannot_start("redis-server is not on PATH (apt-get install redis-server)")
     count = getattr(request, "param", 1)
     primary = ReplicatedRedis(free_port(), _directory(tmp_path, "primary"), replicas=count)
-    follow = ("--replicaof", "127.0.0.1", str(primary.port))
     replicas = [
         ReplicatedRedis(
-            free_port(), _directory(tmp_path, f"replica-{n}"), replicas=count, options=follow
+            free_port(), _directory(tmp_path, f"replica-{n}"), replicas=count, follows=primary
         )
         for n in range(count)
     ]
     sentinels = [
-        SentinelServer(
-            free_port(), _directory(tmp_path, f"sentinel-{n}"), primary_port=primary.port
-        )
+        SentinelServer(free_port(), _directory(tmp_path, f"sentinel-{n}"), primary=primary)
         for n in range(3)
     ]
     setup = SentinelSetup(primary, replicas, sentinels)

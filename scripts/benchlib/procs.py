@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PORT_ATTEMPTS = 5
+# redis-server, uvicorn and nginx all say it this way, in this or another case.
+IN_USE = re.compile("address already in use", re.IGNORECASE)
+LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
 class BenchError(RuntimeError):
     """A server or load generator did not do what the benchmark needs."""
 
 
+class AddressInUse(BenchError):
+    """A server could not bind its port: another process took it after it was picked."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_on_free_port(start: Callable[[int], T]) -> T:
+    """`start(port)` on a free port; on a new one each time it raises AddressInUse, up to
+    PORT_ATTEMPTS starts in all (a port is free only when picked: the server binds later)."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        with suppress(AddressInUse):
+            return start(free_port())
+    return start(free_port())
 
 
 def pinned(cmd: Sequence[str], core: int | None) -> list[str]:
@@ -72,6 +95,20 @@ class Process:
         if self.popen.poll() is not None:
             raise BenchError(f"{self.name} exited with {self.popen.returncode}: {self.tail()}")
 
+    def bound(self, port: int) -> bool:
+        """Whether it holds the socket listening on `port` yet: whatever took a port may
+        answer too. BenchError when it exited; AddressInUse, once it is killed, when it
+        says another process has the port (`herald serve` may not even exit then)."""
+        # Whether it exited, before reading the log: then the log has its last words.
+        exited = self.popen.poll() is not None
+        if IN_USE.search(self.log.read_text(errors="replace")):
+            self.popen.kill()
+            self.popen.wait()
+            raise AddressInUse(f"{self.name}: port {port} is taken: {self.tail()}")
+        if exited:
+            raise BenchError(f"{self.name} exited with {self.popen.returncode}: {self.tail()}")
+        return _holds_listener(self.pid, port)
+
     def tail(self, chars: int = 2000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
 
@@ -98,15 +135,42 @@ def http_status(url: str) -> int | None:
 
 
 def wait_http(process: Process, url: str, ok: set[int] | None, timeout: float = 30) -> None:
-    """Polls `url` until it answers with a status in `ok` (None: any answer at all)."""
+    """Polls `url`, once `process` listens on its port, until it answers with a status in
+    `ok` (None: any answer at all)."""
+    port = urllib.parse.urlsplit(url).port
+    if port is None:
+        raise BenchError(f"{url} names no port")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        process.check_alive()
-        status = http_status(url)
-        if status is not None and (ok is None or status in ok):
-            return
+        if process.bound(port):
+            status = http_status(url)
+            if status is not None and (ok is None or status in ok):
+                return
         time.sleep(0.1)
     raise BenchError(f"{process.name}: {url} was not ready within {timeout} s")
+
+
+def _holds_listener(pid: int, port: int) -> bool:
+    sockets = _listening_sockets(port)
+    try:
+        return bool(sockets) and any(
+            os.readlink(fd) in sockets for fd in Path(f"/proc/{pid}/fd").iterdir()
+        )
+    except OSError:  # it exited, or closed a descriptor while we looked
+        return False
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The sockets listening on `port`, named as the links in /proc/PID/fd name them."""
+    found = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():  # a kernel without IPv6
+            continue
+        for row in table.read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f"socket:[{fields[9]}]")
+    return found
 
 
 def rss_bytes(pid: int) -> int:

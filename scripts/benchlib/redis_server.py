@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from .procs import BenchError, Process, free_port, pinned
+from .procs import BenchError, Process, pinned, start_on_free_port
 
 
 class RedisServer:
@@ -15,29 +15,32 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("bench: redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        cmd = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir),
-        ]  # fmt: skip
-        self.process = Process(
-            "redis-server", pinned(cmd, core), workdir / f"redis-{self.port}.log"
-        )
-        self._wait_ready()
+
+        def start(port: int) -> Process:
+            self.port = port
+            cmd = [
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir),
+            ]  # fmt: skip
+            process = Process("redis-server", pinned(cmd, core), workdir / f"redis-{port}.log")
+            self._wait_ready(process)
+            return process
+
+        self.process = start_on_free_port(start)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def _wait_ready(self, timeout: float = 10) -> None:
+    def _wait_ready(self, process: Process, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.process.check_alive()
             try:
-                if self.command("PING") == b"+PONG":
+                if process.bound(self.port) and self.command("PING") == b"+PONG":
                     return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise BenchError("redis-server did not answer PING")
 
     def command(self, *args: str) -> bytes:

@@ -22,9 +22,9 @@ from .procs import (
     Process,
     child_pids,
     cpu_seconds,
-    free_port,
     pinned,
     rss_bytes,
+    start_on_free_port,
     wait_http,
 )
 from .redis_server import RedisServer
@@ -79,19 +79,24 @@ def running_server(
 def _start_python_server(
     kind: str, redis: RedisServer, workdir: Path, core: int | None, stack: ExitStack
 ) -> Server:
-    port = free_port()
-    listen = ["--host", "127.0.0.1", "--port", str(port)]
-    if kind == "herald":
-        cmd = [sys.executable, "-m", "service", "serve", *listen]
-    else:
-        cmd = [sys.executable, str(BASELINE_SCRIPT), *listen, "--redis-url", redis.url]
     # Access logs at info level would cost a line per request: nginx runs with them off too.
     env = {**os.environ, "HERALD_REDIS_URL": redis.url, "HERALD_LOG_LEVEL": "warning"}
-    process = Process(kind, pinned(cmd, core), workdir / f"{kind}-{port}.log", cwd=REPO, env=env)
-    stack.callback(process.stop)
-    # A baseline without /readyz answers 404 once it serves.
-    wait_http(process, f"http://127.0.0.1:{port}/readyz", {200} if kind == "herald" else {200, 404})
-    return Server(kind, port, "herald", "/events?topic=t{k}", process, process.pid, redis)
+
+    def start(port: int) -> Server:
+        listen = ["--host", "127.0.0.1", "--port", str(port)]
+        if kind == "herald":
+            cmd = [sys.executable, "-m", "service", "serve", *listen]
+        else:
+            cmd = [sys.executable, str(BASELINE_SCRIPT), *listen, "--redis-url", redis.url]
+        log = workdir / f"{kind}-{port}.log"
+        process = Process(kind, pinned(cmd, core), log, cwd=REPO, env=env)
+        stack.callback(process.stop)
+        # A baseline without /readyz answers 404 once it serves.
+        ok = {200} if kind == "herald" else {200, 404}
+        wait_http(process, f"http://127.0.0.1:{port}/readyz", ok)
+        return Server(kind, port, "herald", "/events?topic=t{k}", process, process.pid, redis)
+
+    return start_on_free_port(start)
 
 
 def nginx_config(port: int, prefix: Path) -> str:
@@ -143,22 +148,25 @@ def _start_nchan(workdir: Path, core: int | None, stack: ExitStack) -> Server:
     nginx = shutil.which("nginx")
     if nginx is None:
         raise BenchError("nginx is not installed")
-    port = free_port()
-    prefix = workdir / f"nchan-{port}"
-    prefix.mkdir()
-    # nginx's worker drops root for nobody, which must reach the temp paths.
-    prefix.chmod(0o755)
-    config = prefix / "nginx.conf"
-    config.write_text(nginx_config(port, prefix))
-    args = [nginx, "-c", str(config), "-p", f"{prefix}/"]
-    check = subprocess.run([*args, "-t"], capture_output=True, text=True)
-    if check.returncode != 0:
-        raise BenchError(f"nginx -t rejected {config}:\n{check.stderr}")
-    process = Process("nchan", pinned(args, core), prefix / "stderr.log")
-    stack.callback(process.stop)
-    # Without `Accept: text/event-stream` the subscriber location answers 403: it serves.
-    wait_http(process, f"http://127.0.0.1:{port}/sub?id=ready", None)
-    workers = child_pids(process.pid)
-    if len(workers) != 1:
-        raise BenchError(f"expected one nginx worker, found {workers}")
-    return Server("nchan", port, "nchan", "/sub?id=t{k}", process, workers[0], None)
+
+    def start(port: int) -> Server:
+        prefix = workdir / f"nchan-{port}"
+        prefix.mkdir()
+        # nginx's worker drops root for nobody, which must reach the temp paths.
+        prefix.chmod(0o755)
+        config = prefix / "nginx.conf"
+        config.write_text(nginx_config(port, prefix))
+        args = [nginx, "-c", str(config), "-p", f"{prefix}/"]
+        check = subprocess.run([*args, "-t"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise BenchError(f"nginx -t rejected {config}:\n{check.stderr}")
+        process = Process("nchan", pinned(args, core), prefix / "stderr.log")
+        stack.callback(process.stop)
+        # Without `Accept: text/event-stream` the subscriber location answers 403: it serves.
+        wait_http(process, f"http://127.0.0.1:{port}/sub?id=ready", None)
+        workers = child_pids(process.pid)
+        if len(workers) != 1:
+            raise BenchError(f"expected one nginx worker, found {workers}")
+        return Server("nchan", port, "nchan", "/sub?id=t{k}", process, workers[0], None)
+
+    return start_on_free_port(start)
