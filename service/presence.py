@@ -8,6 +8,7 @@ replica that crashed expire by themselves. `Store.online()` sums the live report
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -35,12 +36,16 @@ class Presence:
         self._interval = settings.presence_seconds
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="herald-presence")
 
     async def stop(self) -> None:
         """Stop reporting and take this replica's counts out at once."""
+        # The flag ends the loop even when a Redis client swallows the cancellation
+        # of a report under way (seen at a shutdown right after startup).
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -54,7 +59,7 @@ class Presence:
         reported = -1
         reported_at = 0.0
         failing = False
-        while True:
+        while not self._stopping.is_set():
             now = time.monotonic()
             if self._hub.membership != reported or now - reported_at >= self._interval:
                 membership = self._hub.membership
@@ -69,4 +74,6 @@ class Presence:
                     failing = True
                 else:
                     reported, reported_at, failing = membership, now, False
-            await asyncio.sleep(min(_CHECK_SECONDS, self._interval))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(_CHECK_SECONDS, self._interval)):
+                    await self._stopping.wait()

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests import ports
-from tests.conftest import HeraldLauncher, RedisServer
+from tests.conftest import HeraldLauncher, RedisServer, run_herald
 
 integration = pytest.mark.integration
 
@@ -89,3 +89,14 @@ def test_starting_gives_up_after_a_bounded_number_of_taken_ports() -> None:
     with pytest.raises(ports.AddressInUse):
         ports.start_on_free_port(start, first=1, pick=lambda: len(tried) + 1)
     assert tried == list(range(1, ports.ATTEMPTS + 1))
+
+
+def test_herald_serve_on_a_taken_port_says_so_and_exits() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = run_herald("serve", "--port", str(port), timeout=30)
+    assert ran.returncode != 0
+    assert "address already in use" in ran.stderr
+    assert "Application shutdown complete" in ran.stderr
