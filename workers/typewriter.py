@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from service.models import PublishEvent
+from pydantic import JsonValue
+
 from workers.runtime import Runtime
 
 # Word pieces of up to six letters, numbers in threes, single punctuation marks, each
@@ -79,16 +80,13 @@ async def stream_answer(rt: Runtime, topic: str, text: str, rng: random.Random) 
     pace = rt.settings.typewriter_tokens_per_second
     pieces = tokens(text)
     await rt.sleep(rng.uniform(0.3, 0.9))
-    for index, piece in enumerate(pieces):
-        event = PublishEvent(
-            topic=topic, event="token", data={"answer": answer, "index": index, "text": piece}
-        )
-        await _publish(rt, event)
-        await rt.sleep(delay_after(piece, pace, rng))
-    done = PublishEvent(topic=topic, event="done", data={"answer": answer, "tokens": len(pieces)})
-    await _publish(rt, done)
+    # Over HTTP the answer is one streaming request; into Redis, one append per token.
+    async with rt.sink.stream() as out:
+        for index, piece in enumerate(pieces):
+            token: JsonValue = {"answer": answer, "index": index, "text": piece}
+            await rt.retry("publishing tokens", partial(out.send, topic, token, "token"))
+            await rt.sleep(delay_after(piece, pace, rng))
+        done: JsonValue = {"answer": answer, "tokens": len(pieces)}
+        await rt.retry("publishing tokens", partial(out.send, topic, done, "done"))
+        await rt.retry("publishing tokens", out.end)
     return answer
-
-
-async def _publish(rt: Runtime, event: PublishEvent) -> None:
-    await rt.retry("publishing tokens", partial(rt.sink.publish, [event]))
