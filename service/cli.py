@@ -3,6 +3,7 @@
 herald serve [--demo]          the HTTP service (with the demo producers)
 herald worker NAME             one producer worker: stocks, logs, online, typewriter
 herald publish TOPIC DATA      publish one event over HTTP
+herald publish --ndjson        publish stdin's events (one JSON object a line) as they come
 herald tail TOPIC…             print a subscription's events as they arrive
 herald check                   publish one event and read it back over SSE
 """
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
+from typing import BinaryIO
 
 import uvicorn
 from pydantic import JsonValue, ValidationError
@@ -24,7 +26,8 @@ from pydantic import JsonValue, ValidationError
 # Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
 import service.shutdown  # noqa: F401
 from service.check import DEFAULT_TIMEOUT, CheckFailed, round_trip
-from service.client import ClientError, Publisher, Rejected
+from service.client import AsyncPublisher, ClientError, LineRejected, Publisher, Rejected
+from service.models import PublishEvent, StreamPublished
 from service.settings import Settings
 from service.tail import Tail, format_event, start_position
 from workers import NAMES
@@ -83,6 +86,15 @@ def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 def publish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     url, token = _target(args, parser)
+    if args.ndjson:
+        if args.topic is not None or args.event is not None or args.json:
+            parser.exit(
+                2, "herald publish: with --ndjson each line is a whole event: no TOPIC or DATA\n"
+            )
+        publish_lines(url, token, args.idempotency_key, parser)
+        return
+    if args.data is None:
+        parser.exit(2, "herald publish: TOPIC and DATA are required (or --ndjson)\n")
     # `echo text | herald publish t -` means "text", not "text" and a line break.
     text = sys.stdin.read().removesuffix("\n") if args.data == "-" else args.data
     data: JsonValue = text
@@ -94,19 +106,75 @@ def publish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     try:
         with Publisher(url, token=token) as publisher:
             published = publisher.publish(
-                args.topic, data, args.event, idempotency_key=args.idempotency_key
+                args.topic, data, args.event or "message", idempotency_key=args.idempotency_key
             )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors()
-        )
-        parser.exit(2, f"herald publish: invalid event: {problems}\n")
+        parser.exit(2, f"herald publish: invalid event: {_problems(exc)}\n")
     except ValueError as exc:
         parser.exit(2, f"herald publish: {exc}\n")
     except ClientError as exc:
         parser.exit(1, f"herald publish: {exc}\n")
     print(json.dumps(published.model_dump()))
+
+
+def publish_lines(
+    url: str, token: str | None, key: str | None, parser: argparse.ArgumentParser
+) -> None:
+    """`herald publish --ndjson`: stdin's events in one streaming publish, each sent as
+    soon as its line is read."""
+    try:
+        published = asyncio.run(_stream_lines(sys.stdin.buffer, url, token, key))
+    except _BadLine as exc:
+        parser.exit(1, f"herald publish: {exc}\n")
+    except ClientError as exc:
+        parser.exit(1, f"herald publish: {exc}\n")
+    except ValueError as exc:
+        parser.exit(2, f"herald publish: {exc}\n")
+    print(json.dumps(published.model_dump()))
+
+
+class _BadLine(Exception):
+    """An input line that is not an event; the events before it were published."""
+
+
+async def _stream_lines(
+    source: BinaryIO, url: str, token: str | None, key: str | None
+) -> StreamPublished:
+    # The input line of each event sent, for Herald's line numbers count events only.
+    numbers: list[int] = []
+    number = 0
+    bad = ""
+    async with AsyncPublisher(url, token=token) as publisher:
+        stream = publisher.stream(idempotency_key=key)
+        try:
+            async with stream:
+                # A thread reads, so that a pipe or a file both work and the loop runs on.
+                while line := await asyncio.to_thread(source.readline):
+                    number += 1
+                    if not line.strip():
+                        continue
+                    try:
+                        event = PublishEvent.model_validate_json(line)
+                    except ValidationError as exc:
+                        bad = f"line {number} is not a valid event: {_problems(exc)}"
+                        break
+                    await stream.send(event.topic, event.data, event.event)
+                    numbers.append(number)
+        except LineRejected as exc:
+            # Past the last event is the input's end (a key reused for a longer body).
+            line_number = numbers[exc.line - 1] if exc.line <= len(numbers) else number + 1
+            raise LineRejected(exc.status, exc.detail, line_number, exc.count) from None
+    if bad:
+        before = "1 event" if len(numbers) == 1 else f"{len(numbers)} events"
+        raise _BadLine(f"{bad}; {before} before it published")
+    return stream.result
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
 
 
 def tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -188,11 +256,23 @@ def _parser() -> argparse.ArgumentParser:
     worker_cmd = commands.add_parser("worker", help="run one producer worker")
     worker_cmd.add_argument("name", choices=NAMES, help="which worker")
     _add_settings_flags(worker_cmd, Settings.model_fields)
-    publish_cmd = commands.add_parser("publish", help="publish one event over HTTP")
-    publish_cmd.add_argument("topic", metavar="TOPIC")
-    publish_cmd.add_argument("data", metavar="DATA", help="the event's data; - reads stdin")
-    publish_cmd.add_argument("--event", default="message", help="event type; default message")
+    publish_cmd = commands.add_parser(
+        "publish",
+        help="publish one event, or stdin's events as they come, over HTTP",
+        usage="%(prog)s [--event E] [--json] [options] TOPIC DATA\n"
+        "       %(prog)s --ndjson [options] < events.ndjson",
+    )
+    publish_cmd.add_argument("topic", metavar="TOPIC", nargs="?")
+    publish_cmd.add_argument(
+        "data", metavar="DATA", nargs="?", help="the event's data; - reads stdin"
+    )
+    publish_cmd.add_argument("--event", help="event type; default message")
     publish_cmd.add_argument("--json", action="store_true", help="DATA is JSON, sent as such")
+    publish_cmd.add_argument(
+        "--ndjson",
+        action="store_true",
+        help='stream stdin: one event a line, {"topic", "event", "data"}, sent as it is read',
+    )
     publish_cmd.add_argument(
         "--idempotency-key", metavar="K", help="retry-safe key; default a fresh UUID"
     )

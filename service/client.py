@@ -7,6 +7,12 @@
             batch.add("logs.api", "GET /x 404", event="log")
         print(batch.published)
 
+    async with AsyncPublisher("http://127.0.0.1:8000") as herald:
+        async with herald.stream() as stream:
+            async for token in answer:
+                await stream.send("chat.42", token, event="token")
+        print(stream.result)
+
 Every request carries an `Idempotency-Key` (a fresh UUID unless given) and is retried
 with that same key after a transport error, 429, 502, 503 or 504: Herald answers a key
 it already took with the first ids and appends nothing. Events are validated before
@@ -14,6 +20,7 @@ anything is sent, so a bad topic raises pydantic's `ValidationError` at once.
 
     ClientError          a publish that did not succeed
      ├── Rejected         Herald refused it (4xx, or an error a retry would not change)
+     │    └── LineRejected   it refused one line of a streaming publish
      └── Unavailable      no answer, or only busy ones, until the retries were spent
 """
 
@@ -24,23 +31,27 @@ import email.utils
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from types import TracebackType
 from typing import Self
 
 import httpx
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from service.models import Published, PublishEvent
+from service.models import Published, PublishEvent, StreamPublished
 
 __all__ = [
     "AsyncPublisher",
     "Batch",
     "ClientError",
+    "LineRejected",
     "Publisher",
     "Rejected",
+    "Stream",
     "Unavailable",
 ]
 
@@ -51,10 +62,15 @@ MAX_BACKOFF = 5.0
 MAX_RETRY_AFTER = 30.0
 """Longest Retry-After honoured, in seconds."""
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+STREAM_RETRY_STATUSES = RETRY_STATUSES | {409}
+"""A streaming publish also retries 409: an earlier attempt under its key, cut off on our
+side, may still be publishing on Herald's."""
+NDJSON = "application/x-ndjson"
 
 _EVENTS = TypeAdapter(list[PublishEvent])
 _ONE_ANSWER = TypeAdapter(Published)
 _BATCH_ANSWER = TypeAdapter(list[Published])
+_STREAM_ANSWER = TypeAdapter(StreamPublished)
 _TRANSPORT_ERRORS: tuple[tuple[type[httpx.TransportError], str], ...] = (
     (httpx.ConnectTimeout, "connecting timed out"),
     (httpx.ReadTimeout, "nothing received in time"),
@@ -80,6 +96,23 @@ class Rejected(ClientError):
     @classmethod
     def of(cls, response: httpx.Response) -> Rejected:
         return cls(response.status_code, _detail(response))
+
+
+class LineRejected(Rejected):
+    """Herald refused line `line` of a streaming publish, the `line`-th event sent; the
+    `count` events before it are published."""
+
+    def __init__(self, status: int, detail: JsonValue, line: int, count: int) -> None:
+        super().__init__(status, detail)
+        self.line = line
+        self.count = count
+
+    def __str__(self) -> str:
+        published = "1 event" if self.count == 1 else f"{self.count} events"
+        return (
+            f"Herald rejected line {self.line} ({self.status}): {_summary(self.detail)}; "
+            f"{published} before it published"
+        )
 
 
 class Unavailable(ClientError):
@@ -242,6 +275,20 @@ class AsyncPublisher:
         yield batch
         batch._published = await self.publish_batch(batch.events, idempotency_key=idempotency_key)
 
+    def stream(self, *, idempotency_key: str | None = None) -> Stream:
+        """A streaming publish, for `async with`: see `Stream`."""
+        schedule = partial(_Schedule, self._url, self._retries, self._backoff)
+        return Stream(self._http, schedule, idempotency_key or str(uuid.uuid4()))
+
+    async def publish_stream(
+        self, events: AsyncIterable[PublishEvent], *, idempotency_key: str | None = None
+    ) -> StreamPublished:
+        """Publish `events` as they come, in one streaming request; Herald's answer."""
+        async with self.stream(idempotency_key=idempotency_key) as stream:
+            async for event in events:
+                stream._add(event)
+        return stream.result
+
     async def _post(self, call: _Call) -> list[Published]:
         schedule = _Schedule(self._url, self._retries, self._backoff)
         while True:
@@ -255,6 +302,161 @@ class AsyncPublisher:
             if response.status_code not in RETRY_STATUSES:
                 return call.answer(response)
             await asyncio.sleep(schedule.delay(_busy(response), retry_after(response)))
+
+
+class Stream:
+    """A streaming publish: one request whose NDJSON body grows as events are sent.
+
+        async with publisher.stream() as stream:
+            await stream.send("chat.42", "Hel", event="token")
+            await stream.send("chat.42", "lo", event="token")
+        print(stream.result)  # count=2 last={'chat.42': '…'}
+
+    An event leaves as soon as the event loop runs the request. Every line is kept: after
+    a transport error or a 409, 429, 502, 503 or 504, the body is sent again from its
+    first line under the same `Idempotency-Key`, and Herald publishes only the lines it
+    has not. `retries` counts failures in a row; an attempt that carried new lines starts
+    the count again. The block's end waits for the answer; an exception in the block
+    abandons the request (what Herald appended stays published).
+    """
+
+    def __init__(
+        self, http: httpx.AsyncClient, schedule: Callable[[], _Schedule], key: str
+    ) -> None:
+        self._http = http
+        self._schedule = schedule
+        self._headers = {"Content-Type": NDJSON, "Idempotency-Key": key}
+        self._lines: list[bytes] = []
+        self._ended = False
+        self._more = asyncio.Event()
+        self._carried = 0
+        """Most lines one attempt has written so far."""
+        self._attempts: asyncio.Task[StreamPublished] | None = None
+        self._result: StreamPublished | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.end()
+            return
+        self._ended = True
+        if self._attempts is not None:
+            self._attempts.cancel()
+            await asyncio.gather(self._attempts, return_exceptions=True)
+
+    async def send(self, topic: str, data: JsonValue = "", event: str = "message") -> None:
+        """Add an event to the body (validated first).
+
+        Once the stream has failed it raises that instead, without adding the event:
+        `Rejected` every time; `Unavailable` once, and the next call tries again.
+        """
+        self._add(PublishEvent(topic=topic, event=event, data=data))
+
+    async def end(self) -> None:
+        """End the body and wait for Herald's answer (the block's end does it too).
+
+        Raises like `send`; after `Unavailable` it may be called again.
+        """
+        if self._result is not None:
+            return
+        self._ended = True
+        self._more.set()
+        try:
+            # Shielded: a caller that stops waiting (a timeout) may call again and wait on.
+            self._result = await asyncio.shield(self._running())
+        except Unavailable:
+            self._attempts = None
+            raise
+
+    @property
+    def result(self) -> StreamPublished:
+        """How many events the body published, and each topic's last id."""
+        if self._result is None:
+            raise RuntimeError("a stream's answer is known once the stream has ended")
+        return self._result
+
+    def _add(self, event: PublishEvent) -> None:
+        if self._ended:
+            raise RuntimeError("the stream has ended")
+        attempts = self._running()
+        if attempts.done() and (failure := attempts.exception()) is not None:
+            if isinstance(failure, Unavailable):
+                self._attempts = None
+            raise failure
+        self._lines.append(event.model_dump_json().encode() + b"\n")
+        self._more.set()
+
+    def _running(self) -> asyncio.Task[StreamPublished]:
+        """The attempts under way, or a new round of them."""
+        if self._attempts is None:
+            self._attempts = asyncio.create_task(self._answer())
+        return self._attempts
+
+    async def _answer(self) -> StreamPublished:
+        schedule = self._schedule()
+        while True:
+            carried = self._carried
+            try:
+                response = await self._http.post(
+                    "/publish", content=self._body(), headers=self._headers
+                )
+            except httpx.TransportError as exc:
+                await self._pause(schedule, carried, describe(exc))
+                continue
+            if response.status_code not in STREAM_RETRY_STATUSES:
+                return _streamed(response)
+            await self._pause(schedule, carried, _busy(response), retry_after(response))
+
+    async def _pause(
+        self, schedule: _Schedule, carried: int, cause: str, retry_after: float | None = None
+    ) -> None:
+        if self._carried > carried:
+            schedule.restart()
+        await asyncio.sleep(schedule.delay(cause, retry_after))
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        """Every line so far, then each new one as it comes, until the stream ends."""
+        sent = 0
+        while sent < len(self._lines) or not self._ended:
+            if sent == len(self._lines):
+                self._more.clear()
+                await self._more.wait()
+                continue
+            chunk = b"".join(self._lines[sent:])
+            sent = len(self._lines)
+            yield chunk
+            self._carried = max(self._carried, sent)
+
+
+def _streamed(response: httpx.Response) -> StreamPublished:
+    """The answer to a streaming publish; the error it is, if it is one."""
+    if not response.is_success:
+        raise _rejection(response)
+    try:
+        return _STREAM_ANSWER.validate_json(response.content)
+    except ValidationError:
+        raise ClientError(
+            f"{response.url} answered {response.status_code} without the count"
+        ) from None
+
+
+def _rejection(response: httpx.Response) -> Rejected:
+    """`LineRejected` when the answer names the line, else `Rejected`."""
+    try:
+        body = response.json()
+        line, count = body["line"], body["count"]
+    except (ValueError, TypeError, KeyError):
+        return Rejected.of(response)
+    if isinstance(line, int) and isinstance(count, int):
+        return LineRejected(response.status_code, body.get("detail"), line, count)
+    return Rejected.of(response)
 
 
 @dataclass(frozen=True)
@@ -320,6 +522,10 @@ class _Schedule:
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         return delay
+
+    def restart(self) -> None:
+        """Count the retries afresh: the last attempt got further than any before it."""
+        self._failures = 0
 
 
 def _summary(detail: JsonValue) -> str:

@@ -73,6 +73,13 @@ class Published(BaseModel):
     id: str = Field(description="The Redis stream entry id, also the SSE event id.")
 
 
+class StreamPublished(BaseModel):
+    """What a streaming publish published: its events, and each topic's last entry id."""
+
+    count: int
+    last: dict[str, str]
+
+
 class TopicStatus(BaseModel):
     """A topic right now: who follows it and what its stream holds."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import redis
 
@@ -184,6 +186,92 @@ def test_publish_rejected_exits_1_with_one_line(default_herald: Herald) -> None:
     assert done.stderr == (
         "herald publish: Herald rejected the request (422): "
         "this Idempotency-Key was used for another body\n"
+    )
+
+
+PRODUCER = """
+import json, sys
+for n in range(5):
+    print(json.dumps({"topic": "build.7", "event": "log", "data": f"step {n}"}), flush=True)
+    if n == 0:
+        sys.stdin.readline()  # the rest comes once the test saw the first line arrive
+"""
+
+
+async def test_publish_ndjson_streams_each_line_as_the_producer_writes_it(
+    default_herald: Herald,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    pipe_out, pipe_in = os.pipe()
+    async with (
+        httpx.AsyncClient() as http,
+        SSEStream(http, f"{default_herald.url}/events", params={"topic": "build.7"}) as stream,
+    ):
+        # some-producer | herald publish --ndjson
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PRODUCER, stdin=subprocess.PIPE, stdout=pipe_in
+        )
+        publisher = await asyncio.create_subprocess_exec(
+            *HERALD,
+            "publish",
+            "--ndjson",
+            "--url",
+            default_herald.url,
+            stdin=pipe_out,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
+        os.close(pipe_out)
+        os.close(pipe_in)
+        assert producer.stdin is not None
+        try:
+            first = await stream.next_event(timeout=WAIT)
+            producer.stdin.write(b"go\n")
+            producer.stdin.close()
+            out, err = await asyncio.wait_for(publisher.communicate(), WAIT)
+            rest = await stream.collect(4)
+        finally:
+            for proc in (producer, publisher):
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+    events = [first, *rest]
+    assert publisher.returncode == 0, err
+    assert [(e.event, e.data) for e in events] == [("log", f"step {n}") for n in range(5)]
+    assert out.decode() == json.dumps({"count": 5, "last": {"build.7": events[-1].id}}) + "\n"
+
+
+def test_publish_ndjson_stops_at_a_line_that_is_not_an_event_and_names_it(
+    default_herald: Herald, flushed_redis: RedisServer
+) -> None:
+    lines = '{"topic": "t", "data": 1}\n\n{"topic": "t", "data": \n{"topic": "t", "data": 3}\n'
+    done = herald_cli("publish", "--ndjson", "--url", default_herald.url, stdin=lines)
+    usage = herald_cli("publish", "t", "--ndjson", "--url", default_herald.url)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("herald publish: line 3 is not a valid event: Invalid JSON")
+    assert done.stderr.endswith("; 1 event before it published\n")
+    assert done.stderr.count("\n") == 1
+    with redis.Redis.from_url(flushed_redis.url, decode_responses=True) as store:
+        assert [fields["data"] for _, fields in store.xrange(stream_key("t"))] == ["1"]
+    assert usage.returncode == 2
+    assert (
+        usage.stderr
+        == "herald publish: with --ndjson each line is a whole event: no TOPIC or DATA\n"
+    )
+
+
+def test_publish_ndjson_names_the_input_line_herald_refused(herald: HeraldFactory) -> None:
+    secret = "a-secret-long-enough-for-hs256-keys"
+    app = herald(HERALD_JWT_KEY=secret)
+    token = jwt.encode({"herald": {"publish": ["chat.*"]}}, secret)
+    lines = '\n{"topic": "chat.1", "data": "a"}\n\n{"topic": "logs.x", "data": "b"}\n'
+    done = herald_cli("publish", "--ndjson", stdin=lines, HERALD_URL=app.url, HERALD_TOKEN=token)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "herald publish: Herald rejected line 4 (403): the token may not publish to: logs.x; "
+        "1 event before it published\n"
     )
 
 

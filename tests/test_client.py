@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -19,10 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from service.client import AsyncPublisher, Publisher, Rejected, Unavailable
+from service.client import AsyncPublisher, LineRejected, Publisher, Rejected, Unavailable
 from service.keys import idempotency_key, stream_key
-from service.models import PublishEvent
-from tests.conftest import Herald, HeraldFactory
+from service.models import PublishEvent, StreamPublished
+from tests.conftest import Herald, HeraldFactory, free_port
 from tests.ports import refused_port
 from tests.sse import SSEStream
 
@@ -79,6 +79,47 @@ class LossyProxy:
             client.shutdown(socket.SHUT_RD)
 
 
+class CuttingProxy:
+    """A TCP proxy to Herald that cuts its first connection in the middle of a streaming
+    publish, once `lines` event lines of the body went through; later ones pass."""
+
+    def __init__(self, upstream_port: int, lines: int) -> None:
+        self._upstream_port = upstream_port
+        self._lines = lines
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            cut = self.connections == 1
+            threading.Thread(target=self._serve, args=(client, cut), daemon=True).start()
+
+    def _serve(self, client: socket.socket, cut: bool) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        if not cut:
+            _pump(client, upstream)
+            return
+        body = b""
+        while body.count(b"}\n") < self._lines and (chunk := client.recv(65536)):
+            upstream.sendall(chunk)
+            body += chunk
+        # Both ends see the connection reset; waking the pump from Herald closes both.
+        for sock in (client, upstream):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        upstream.shutdown(socket.SHUT_RDWR)
+
+
 def _read_answer(sock: socket.socket) -> bytes:
     """One whole HTTP answer with a Content-Length body."""
     data = b""
@@ -109,6 +150,19 @@ def lossy_proxy() -> Iterator[Callable[..., LossyProxy]]:
 
     def make(app: Herald, mode: str, hold: float = 0) -> LossyProxy:
         proxies.append(LossyProxy(app.port, mode, hold))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def cutting_proxy() -> Iterator[Callable[[Herald, int], CuttingProxy]]:
+    proxies: list[CuttingProxy] = []
+
+    def make(app: Herald, lines: int) -> CuttingProxy:
+        proxies.append(CuttingProxy(app.port, lines))
         return proxies[-1]
 
     yield make
@@ -329,6 +383,109 @@ def test_other_errors_raise_at_once(sleeps: list[float], status: int) -> None:
     ):
         herald.publish("t", "x")
     assert (raised.value.status, raised.value.detail, len(seen), sleeps) == (status, "no", 1, [])
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@integration
+async def test_a_stream_reaches_subscribers_while_its_block_is_still_open(
+    default_herald: Herald, redis_client: aioredis.Redis
+) -> None:
+    async with (
+        httpx.AsyncClient() as http,
+        SSEStream(http, f"{default_herald.url}/events", params={"topic": "answer.1"}) as sse,
+        AsyncPublisher(default_herald.url) as herald,
+    ):
+        async with herald.stream() as stream:
+            await stream.send("answer.1", 0, event="token")
+            # Sent as it is produced, not held until the block ends.
+            first = await sse.next_event()
+            for n in range(1, 100):
+                await asyncio.sleep(0.005)
+                await stream.send("answer.1", n, event="token")
+            with pytest.raises(RuntimeError, match="once the stream has ended"):
+                _ = stream.result
+        events = [first, *await sse.collect(99)]
+    entries = await redis_client.xrange(stream_key("answer.1"))
+    assert [e.data for e in events] == [str(n) for n in range(100)]
+    assert [e.id for e in events] == [entry_id for entry_id, _ in entries]
+    assert stream.result == StreamPublished(count=100, last={"answer.1": events[-1].id})
+
+
+@integration
+async def test_a_stream_cut_midway_is_sent_again_and_publishes_each_event_once(
+    default_herald: Herald,
+    redis_client: aioredis.Redis,
+    cutting_proxy: Callable[[Herald, int], CuttingProxy],
+) -> None:
+    proxy = cutting_proxy(default_herald, 5)
+
+    async def answer() -> AsyncIterator[PublishEvent]:
+        for n in range(20):
+            yield PublishEvent(topic="answer.2", event="token", data=n)
+            await asyncio.sleep(0.02)
+
+    async with AsyncPublisher(proxy.url, backoff=0.05) as herald:
+        published = await herald.publish_stream(answer())
+    entries = await redis_client.xrange(stream_key("answer.2"))
+    assert [fields["data"] for _, fields in entries] == [str(n) for n in range(20)]
+    assert published == StreamPublished(count=20, last={"answer.2": entries[-1][0]})
+    assert proxy.connections >= 2
+
+
+@integration
+async def test_a_line_herald_refuses_raises_line_rejected_with_its_number(
+    herald: HeraldFactory, redis_client: aioredis.Redis
+) -> None:
+    secret = "a-secret-long-enough-for-hs256-keys"
+    app = herald(HERALD_JWT_KEY=secret)
+    token = jwt.encode({"herald": {"publish": ["chat.*"]}, "exp": time.time() + 60}, secret)
+    async with AsyncPublisher(app.url, token=token) as publisher:
+        with pytest.raises(LineRejected) as raised:
+            async with publisher.stream() as stream:
+                for topic, data in [("chat.1", "a"), ("chat.1", "b"), ("logs.x", "c")]:
+                    await stream.send(topic, data)
+                await stream.send("chat.1", "after the refused line")
+    entries = await redis_client.xrange(stream_key("chat.1"))
+    assert [fields["data"] for _, fields in entries] == ["a", "b"]
+    assert (raised.value.status, raised.value.line, raised.value.count) == (403, 3, 2)
+    assert str(raised.value) == (
+        "Herald rejected line 3 (403): the token may not publish to: logs.x; "
+        "2 events before it published"
+    )
+
+
+@integration
+async def test_a_stream_that_found_no_herald_can_end_again_once_herald_is_up(
+    herald: HeraldFactory, redis_client: aioredis.Redis
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with (
+        AsyncPublisher(url, retries=1, backoff=0.01) as publisher,
+        publisher.stream() as stream,
+    ):
+        await stream.send("orders", "1")
+        await stream.send("orders", "2")
+        with pytest.raises(Unavailable, match="could not connect"):
+            await stream.end()
+        herald(port=port)
+        await stream.end()
+    entries = await redis_client.xrange(stream_key("orders"))
+    assert [fields["data"] for _, fields in entries] == ["1", "2"]
+    assert stream.result == StreamPublished(count=2, last={"orders": entries[-1][0]})
+
+
+@integration
+async def test_a_bad_event_is_refused_by_send_and_the_stream_goes_on(
+    default_herald: Herald, redis_client: aioredis.Redis
+) -> None:
+    async with AsyncPublisher(default_herald.url) as publisher, publisher.stream() as stream:
+        with pytest.raises(ValidationError, match="topic"):
+            await stream.send("no spaces allowed", "x")
+        await stream.send("t", "fine")
+    assert stream.result.count == 1
 
 
 # --------------------------------------------------------------------------- errors

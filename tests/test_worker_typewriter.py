@@ -1,11 +1,16 @@
-"""The typewriter worker: tokens that join back to the text, streamed into a real Redis."""
+"""The typewriter worker: tokens that join back to the text, streamed into a real Redis
+or over HTTP to a real Herald."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import sys
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
@@ -13,7 +18,8 @@ from hypothesis import strategies as st
 
 from service.settings import Settings
 from service.store import Store
-from tests.conftest import RedisServer
+from tests.conftest import ROOT, HeraldFactory, RedisServer, wait_until
+from tests.sse import SSEStream
 from workers import typewriter
 from workers.runtime import Runtime
 from workers.sink import StoreSink
@@ -83,3 +89,42 @@ async def test_an_answer_streams_as_tokens_then_done(
     assert {t["answer"] for t in tokens} == {answer}
     assert "".join(t["text"] for t in tokens) == text
     assert json.loads(entries[-1][1]["data"]) == {"answer": answer, "tokens": len(tokens)}
+
+
+@pytest.mark.integration
+async def test_over_http_an_answer_is_one_streaming_request(herald: HeraldFactory) -> None:
+    app = herald()
+    text = "One request per answer, token by token."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")} | {
+        "HERALD_URL": app.url,
+        "HERALD_TYPEWRITER_TOPIC": "chat.http",
+        "HERALD_TYPEWRITER_TEXT": text,
+        "HERALD_TYPEWRITER_TOKENS_PER_SECOND": "200",
+        "HERALD_TYPEWRITER_PAUSE_SECONDS": "600",
+    }
+
+    async def answered() -> bool:
+        # uvicorn's access log has a line per request, once its answer starts.
+        return '"POST /publish HTTP/1.1" 200' in app.stdout_path.read_text()
+
+    async with (
+        httpx.AsyncClient() as http,
+        SSEStream(http, f"{app.url}/events", params={"topic": "chat.http"}) as stream,
+    ):
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "worker", "typewriter", cwd=ROOT, env=env
+        )
+        try:
+            events = [await stream.next_event(timeout=20)]
+            while events[-1].event != "done":
+                events.append(await stream.next_event())
+            await wait_until(answered, "Herald's answer to the streaming publish")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            stopped = await asyncio.wait_for(worker.wait(), 10)
+    assert stopped == 0
+    assert [e.event for e in events] == ["token"] * (len(events) - 1) + ["done"]
+    assert "".join(json.loads(e.data)["text"] for e in events[:-1]) == text
+    assert json.loads(events[-1].data)["tokens"] == len(events) - 1
+    access_log = app.stdout_path.read_text()
+    assert access_log.count('"POST /publish HTTP/1.1"') == 1, access_log

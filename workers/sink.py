@@ -1,19 +1,34 @@
 """Where a worker's events go: straight into Redis Streams, or to Herald's `/publish`.
 
-Both take validated `PublishEvent`s and answer the entry ids, so a worker does not
+Both take validated `PublishEvent`s and answer the entry ids, and both stream events
+that come over time (each one reaching subscribers as it is sent), so a worker does not
 know which one it writes to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Protocol, Self
 
-from service.client import AsyncPublisher
+from pydantic import JsonValue
+
+from service.client import AsyncPublisher, Stream
 from service.models import PublishEvent
 from service.publishing import body_fingerprint
 from service.settings import Settings
 from service.store import Store
+
+
+class EventStream(Protocol):
+    """Events sent one at a time, for `async with`; `service.client.Stream` is one."""
+
+    async def send(self, topic: str, data: JsonValue = "", event: str = "message") -> None:
+        """Publish one more event; raises the stream's failure instead once it failed."""
+
+    async def end(self) -> None:
+        """Wait until every event sent is published; may be called again after an outage."""
 
 
 class Sink(Protocol):
@@ -21,6 +36,9 @@ class Sink(Protocol):
         self, events: Sequence[PublishEvent], idempotency_key: str | None = None
     ) -> list[str]:
         """Append `events` in order; with a key, a repeat within the window appends nothing."""
+
+    def stream(self) -> AbstractAsyncContextManager[EventStream]:
+        """Events that come over time, such as one answer's tokens."""
 
     async def close(self) -> None: ...
 
@@ -45,8 +63,35 @@ class StoreSink:
         )
         return ids
 
+    def stream(self) -> _StoreStream:
+        return _StoreStream(self)
+
     async def close(self) -> None:
         """The store belongs to whoever opened it."""
+
+
+class _StoreStream:
+    """Each event appended as it is sent: there is no request to keep open."""
+
+    def __init__(self, sink: StoreSink) -> None:
+        self._sink = sink
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def send(self, topic: str, data: JsonValue = "", event: str = "message") -> None:
+        await self._sink.publish([PublishEvent(topic=topic, event=event, data=data)])
+
+    async def end(self) -> None:
+        return None
 
 
 class HttpSink:
@@ -60,6 +105,10 @@ class HttpSink:
     ) -> list[str]:
         answers = await self._client.publish_batch(events, idempotency_key=idempotency_key)
         return [answer.id for answer in answers]
+
+    def stream(self) -> Stream:
+        """One streaming publish for all the events: one request, resent whole on failure."""
+        return self._client.stream()
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+from pydantic import JsonValue
+
 from service.models import PublishEvent
 from service.settings import Settings
 from workers.openai_stream import ChatMessage, Upstream
@@ -111,20 +113,24 @@ def upstream_of(settings: Settings) -> Upstream | None:
 
 async def relay_prompt(rt: Runtime, upstream: Upstream, topic: str, prompt: str) -> None:
     """Relay the upstream's answer to `prompt`; a stop meanwhile ends it with `failed`."""
+    # Over HTTP the answer is one streaming request, as a typed one is.
+    async with rt.sink.stream() as out:
 
-    async def publish(events: list[PublishEvent]) -> None:
-        await rt.retry("publishing tokens", partial(rt.sink.publish, events))
+        async def publish(events: list[PublishEvent]) -> None:
+            for e in events:
+                await rt.retry("publishing tokens", partial(out.send, e.topic, e.data, e.event))
 
-    messages = [ChatMessage(role="user", content=prompt)]
-    relay = asyncio.create_task(relay_answer(publish, topic, messages, upstream))
-    stopping = asyncio.create_task(rt.stopping.wait())
-    try:
-        await asyncio.wait({relay, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not relay.done():
-            relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+        messages = [ChatMessage(role="user", content=prompt)]
+        relay = asyncio.create_task(relay_answer(publish, topic, messages, upstream))
+        stopping = asyncio.create_task(rt.stopping.wait())
+        try:
+            await asyncio.wait({relay, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not relay.done():
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+        await rt.retry("publishing tokens", out.end)
     if relay.cancelled():
         raise Stopped
     relayed = relay.result()
@@ -138,16 +144,13 @@ async def stream_answer(rt: Runtime, topic: str, text: str, rng: random.Random) 
     pace = rt.settings.typewriter_tokens_per_second
     pieces = tokens(text)
     await rt.sleep(rng.uniform(0.3, 0.9))
-    for index, piece in enumerate(pieces):
-        event = PublishEvent(
-            topic=topic, event="token", data={"answer": answer, "index": index, "text": piece}
-        )
-        await _publish(rt, event)
-        await rt.sleep(delay_after(piece, pace, rng))
-    done = PublishEvent(topic=topic, event="done", data={"answer": answer, "tokens": len(pieces)})
-    await _publish(rt, done)
+    # Over HTTP the answer is one streaming request; into Redis, one append per token.
+    async with rt.sink.stream() as out:
+        for index, piece in enumerate(pieces):
+            token: JsonValue = {"answer": answer, "index": index, "text": piece}
+            await rt.retry("publishing tokens", partial(out.send, topic, token, "token"))
+            await rt.sleep(delay_after(piece, pace, rng))
+        done: JsonValue = {"answer": answer, "tokens": len(pieces)}
+        await rt.retry("publishing tokens", partial(out.send, topic, done, "done"))
+        await rt.retry("publishing tokens", out.end)
     return answer
-
-
-async def _publish(rt: Runtime, event: PublishEvent) -> None:
-    await rt.retry("publishing tokens", partial(rt.sink.publish, [event]))
