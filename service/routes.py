@@ -52,6 +52,12 @@ _DEMO_HEADERS = {
 }
 _READY_TIMEOUT_SECONDS = 2.0
 
+_CLIENT = Path(__file__).parent / "static" / "herald.js"
+_CLIENT_TYPES = Path(__file__).parent / "static" / "herald.d.ts"
+# Pages import the client from an unversioned URL: a short max-age spares a page load the
+# round trip, yet pages get a new Herald's client within minutes (an ETag check after that).
+_CLIENT_CACHE = {"Cache-Control": "public, max-age=300"}
+
 
 async def publish(ctx: Context, request: Request) -> Response:
     """`POST /publish`: one event or a batch, acknowledged once Redis stored it."""
@@ -122,6 +128,20 @@ async def topic_status(
     info, online = await asyncio.gather(ctx.store.stream_info(topic), ctx.store.online())
     last_id = format_stream_id(info.last_generated_id) if info.entries_added else None
     return TopicStatus(topic=topic, count=online.get(topic, 0), length=info.length, last_id=last_id)
+
+
+@router.get("/herald.js", include_in_schema=False)
+async def client() -> FileResponse:
+    """The browser client: an ES module, whatever the demo page's settings."""
+    media_type = "text/javascript; charset=utf-8"
+    return FileResponse(_CLIENT, media_type=media_type, headers=_CLIENT_CACHE)
+
+
+@router.get("/herald.d.ts", include_in_schema=False)
+async def client_types() -> FileResponse:
+    """The browser client's TypeScript declarations."""
+    media_type = "application/typescript; charset=utf-8"
+    return FileResponse(_CLIENT_TYPES, media_type=media_type, headers=_CLIENT_CACHE)
 
 
 @router.get("/metrics", summary="Prometheus metrics")
