@@ -440,15 +440,20 @@ def default_herald(
 # --------------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's headless Chromium driven by Playwright; no browser is ever downloaded."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+def need_chromium() -> None:
+    """Skip without Debian's Chromium, or fail under CI=true."""
     if not os.access(CHROMIUM, os.X_OK):
         message = f"{CHROMIUM} is missing (apt-get install chromium)"
         if os.environ.get("CI") == "true":
             pytest.fail(message + "; under CI=true this is a failure, not a skip")
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright; no browser is ever downloaded."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    need_chromium()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield browser
