@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jwt
 import pytest
 import redis
 
@@ -161,3 +163,46 @@ def test_the_page_reconnects_by_itself_and_misses_nothing_while_the_server_was_a
     assert ticks == published[first:]
     missed_window = [t for t in ticks if away_from * 1000 < t["ts"] < away_until * 1000]
     assert missed_window, "no tick was published while the server was away"
+
+
+SECRET = "demo-page-secret-that-is-long-enough-for-hs256"
+
+
+def test_with_auth_on_the_page_reads_its_token_from_the_fragment_and_sends_it_in_a_header(
+    browser: Any, herald: HeraldFactory
+) -> None:
+    app = herald(HERALD_JWT_KEY=SECRET, HERALD_DEMO_PAGE="true")
+    token = jwt.encode({"herald": {"subscribe": ["*"]}}, SECRET, algorithm="HS256")
+    publisher = jwt.encode({"herald": {"publish": ["chat.*"]}}, SECRET, algorithm="HS256")
+    context = browser.new_context()
+    try:
+        requests: list[tuple[str, str | None]] = []
+        context.on(
+            "request",
+            lambda request: requests.append((request.url, request.headers.get("authorization"))),
+        )
+        page = context.new_page()
+        page.goto(f"{app.url}/#token={token}")
+        page.wait_for_function("() => herald.state === 'live'", timeout=WAIT_MS)
+        token_event = {"answer": "a1", "index": 0, "text": "authorized"}
+        published = httpx.post(
+            f"{app.url}/publish",
+            json={"topic": "chat.demo", "event": "token", "data": token_event},
+            headers={"Authorization": f"Bearer {publisher}"},
+        )
+        assert published.status_code == 200
+        page.wait_for_function("() => herald.received.length === 1", timeout=WAIT_MS)
+        shown = page.text_content("#chat .bubble")
+
+        refused = context.new_page()
+        refused.goto(f"{app.url}/")
+        refused.wait_for_function("() => herald.state === 'closed'", timeout=WAIT_MS)
+        closed_pill = refused.text_content("#connection")
+    finally:
+        context.close()
+    assert shown == "authorized"
+    assert closed_pill == "closed: 401"
+    assert not any(token in url for url, _ in requests)
+    streams = [auth for url, auth in requests if "/events?" in url]
+    # One stream with the token, one refused attempt without: a 401 is not retried.
+    assert streams == [f"Bearer {token}", None]

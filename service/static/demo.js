@@ -2,6 +2,8 @@
 // event is shown as text (textContent, elements built with createElement): never parsed
 // as HTML, never put into a CSS selector. The page's Content-Security-Policy backs this up.
 
+import { HeraldSource } from "/herald.js";
+
 // Topics come from the query string, with the defaults of `herald serve --demo`:
 // /?symbols=AAPL,MSFT&log=demo&chat=demo
 const params = new URLSearchParams(location.search);
@@ -87,16 +89,26 @@ function onToken(token) {
 }
 
 function onDone(done) {
+  const b = finish(done.answer, `${done.tokens} tokens`);
+  if (b) herald.answers.push({ answer: done.answer, text: b.firstChild.data, fromStart: b.dataset.fromStart === "true" });
+}
+
+// A relayed answer the upstream model broke off (`herald worker typewriter` in relay mode).
+function onFailed(failed) {
+  finish(failed.answer, `stopped after ${failed.tokens} tokens: ${failed.detail}`);
+}
+
+function finish(answer, note) {
   // Compared, not written into a selector: an answer id is data like any other.
-  const b = [...chat.querySelectorAll(".bubble")].find((el) => el.dataset.answer === String(done.answer));
-  if (!b) return;
+  const b = [...chat.querySelectorAll(".bubble")].find((el) => el.dataset.answer === String(answer));
+  if (!b) return null;
   b.classList.remove("typing");
   b.dataset.complete = "true";
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `${done.tokens} tokens` + (b.dataset.fromStart === "true" ? "" : " · joined mid-answer");
+  meta.textContent = note + (b.dataset.fromStart === "true" ? "" : " · joined mid-answer");
   b.append(meta);
-  herald.answers.push({ answer: done.answer, text: b.firstChild.data, fromStart: b.dataset.fromStart === "true" });
+  return b;
 }
 
 const logs = $("logs");
@@ -131,11 +143,17 @@ function setState(state, detail) {
   pill.textContent = detail || state;
 }
 
-const handlers = { tick: onTick, token: onToken, done: onDone, log: onLog, online: onOnline };
-const source = new EventSource("/events?" + topics.map((t) => "topic=" + encodeURIComponent(t)).join("&"));
+const handlers = { tick: onTick, token: onToken, done: onDone, failed: onFailed, log: onLog, online: onOnline };
+// With auth on, open the page as /#token=<a JWT that may subscribe>: browsers never send
+// the fragment, and HeraldSource puts the token in the Authorization header of each
+// connection, never in a URL.
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const source = new HeraldSource("/events?" + topics.map((t) => "topic=" + encodeURIComponent(t)).join("&"), {
+  headers: token ? { Authorization: `Bearer ${token}` } : {},
+});
 source.onopen = () => setState("live");
-source.onerror = () => {
-  if (source.readyState === EventSource.CLOSED) setState("closed");
+source.onerror = (event) => {
+  if (source.readyState === HeraldSource.CLOSED) setState("closed", event.status ? `closed: ${event.status}` : "closed");
   else setState("reconnecting", herald.lastEventId ? `reconnecting from ${herald.lastEventId.slice(0, 24)}…` : "reconnecting");
 };
 for (const [type, handle] of Object.entries(handlers)) {
