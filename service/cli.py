@@ -71,6 +71,7 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
 

@@ -848,6 +848,17 @@ async def test_health_readiness_and_metrics_answer(
     assert "# TYPE" in metrics.text
 
 
+@pytest.mark.parametrize("access_log", ["false", "true"])
+async def test_requests_are_logged_only_when_asked(
+    herald: HeraldFactory, client: httpx.AsyncClient, access_log: str
+) -> None:
+    app = herald(HERALD_ACCESS_LOG=access_log)
+    await publish(client, app, "logged", "x")
+    await asyncio.sleep(0.2)
+    logged = '"POST /publish HTTP/1.1" 200' in app.stdout_path.read_text()
+    assert logged == (access_log == "true")
+
+
 # --------------------------------------------------------------------------- i. shutdown
 
 

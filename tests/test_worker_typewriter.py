@@ -93,7 +93,7 @@ async def test_an_answer_streams_as_tokens_then_done(
 
 @pytest.mark.integration
 async def test_over_http_an_answer_is_one_streaming_request(herald: HeraldFactory) -> None:
-    app = herald()
+    app = herald(HERALD_ACCESS_LOG="true")
     text = "One request per answer, token by token."
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")} | {
         "HERALD_URL": app.url,
