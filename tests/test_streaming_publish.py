@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.keys import stream_key
-from tests.conftest import Herald, HeraldFactory
+from tests.conftest import Herald, HeraldFactory, wait_until
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -153,8 +153,11 @@ async def test_a_keyed_stream_cut_midway_and_sent_again_publishes_every_line_onc
         await asyncio.sleep(0.1)
     # The producer's connection drops after three lines.
     writer.close()
-    await asyncio.sleep(0.3)
-    assert await datas_of(redis_client, "resumed") == ["0", "1", "2"]
+
+    async def three_published() -> bool:
+        return await datas_of(redis_client, "resumed") == ["0", "1", "2"]
+
+    await wait_until(three_published, "the three lines sent were published")
 
     async with httpx.AsyncClient(timeout=30) as client:
         retried = await client.post(

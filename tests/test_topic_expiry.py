@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 
 from service.expiry import TopicExpiry
 from service.keys import stream_key
-from tests.conftest import HeraldFactory
+from tests.conftest import HeraldFactory, wait_until
 from tests.sse import SSEStream
 
 
@@ -81,9 +80,13 @@ async def test_every_kind_of_append_sets_the_expiry_and_the_topic_goes_when_idle
         )
         topics = ["one", "batch.a", "batch.b", "keyed", "lines", "keyed.lines"]
         ttls = [await redis_client.pttl(stream_key(t)) for t in topics]
-        assert all(2000 <= ttl <= 2020 for ttl in ttls), dict(zip(topics, ttls, strict=True))
-        await asyncio.sleep(2.5)
-        assert [await redis_client.exists(stream_key(t)) for t in topics] == [0] * len(topics)
+        # Set on every stream, to the TTL and its margin at most (PTTL counts down).
+        assert all(0 < ttl <= 2020 for ttl in ttls), dict(zip(topics, ttls, strict=True))
+
+        async def all_gone() -> bool:
+            return not await redis_client.exists(*(stream_key(t) for t in topics))
+
+        await wait_until(all_gone, "every topic expired", within=15)
         # A reader coming back to an expired topic is told its history is gone.
         async with SSEStream(
             client,
@@ -108,7 +111,7 @@ async def test_a_busy_topic_adds_no_redis_command_per_event(
     stats = await redis_client.info("commandstats")
     assert stats["cmdstat_xadd"]["calls"] == 200
     assert stats["cmdstat_pexpire"]["calls"] == 1
-    assert 3600_000 <= await redis_client.pttl(stream_key("busy")) <= 3636_000
+    assert 3_000_000 < await redis_client.pttl(stream_key("busy")) <= 3_636_000
 
 
 @pytest.mark.integration
