@@ -213,6 +213,7 @@ class Reader:
         """The Cluster slot its topics share, or None where any topics may be read together."""
         self._count = settings.read_count
         self._block_ms = settings.reader_block_ms
+        self._coalesce = settings.reader_coalesce_ms / 1000
         self._metrics = metrics
         self.topics: dict[bytes, Topic] = {}
         # The read's keys and ids, in the same order; topic.slot indexes both.
@@ -292,6 +293,11 @@ class Reader:
             backoff = _BACKOFF_FIRST
             if reply:
                 await self._dispatch(reply)
+                # Each read names every topic of the chunk: at many quiet topics a read per
+                # entry would cost Redis more than the entries. A short pause lets what
+                # arrives meanwhile come in one read, unless a topic has a backlog already.
+                if self._coalesce and all(len(entries) < self._count for _, entries in reply):
+                    await asyncio.sleep(self._coalesce)
 
     async def _failed(self, exc: Exception, backoff: float) -> None:
         if self._failing_since is None:

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     reader_block_ms: int = Field(
         default=5000, ge=10, description="XREAD BLOCK time of the hub reader."
     )
+    reader_coalesce_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="After a read that returned entries, how long the hub reader waits "
+        "before the next, so that entries arriving meanwhile come in one read; 0: at once.",
+    )
     # Every read sends all its topics' keys and ids, so a smaller chunk lowers latency
     # and a larger one Redis commands per event (measured in the README).
     reader_chunk: int = Field(
