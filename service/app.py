@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Edge:
                 "and subscribe to any topic. Set it in production."
             )
         metrics = Metrics()
+        store.on_append_round_trip = metrics.append_round_trips.inc
         if isinstance(store, ClusterStore):
             store.on_refresh = metrics.topology_refreshes.inc
         hub = Hub(store, settings, metrics)

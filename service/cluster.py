@@ -115,6 +115,20 @@ class ClusterStore(Store):
         )
         return [_text(reply) for reply in replies]
 
+    async def append(
+        self, events: Entries, retention: int
+    ) -> tuple[list[str], BaseException | None]:
+        """Like `Store.append`, each node's events in one pipeline."""
+        try:
+            return await self.publish(events, retention), None
+        except PartlyPublished as partly:
+            ids = []
+            for result in partly.results:
+                if "id" not in result:
+                    break
+                ids.append(result["id"])
+            return ids, partly
+
     async def publish_once(
         self,
         key: str,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -25,6 +26,9 @@ ClientFactory = Callable[[], redis.Redis]
 
 # Redis answers XREAD BLOCK within the block time; this margin covers the round trip.
 READ_MARGIN_SECONDS = 5.0
+
+MAX_CONNECTIONS = 100
+"""Command connections one process opens to a Redis server at most."""
 
 # redis-py turns maintenance notifications on ("auto") by default, and a pool with them
 # on skips its check that a pooled connection is still open: a publish after Redis died
@@ -52,14 +56,19 @@ def connect(target: RedisTarget, settings: Settings) -> Clients:
 
 def standalone(target: RedisTarget, settings: Settings) -> Clients:
     url, credentials = _credentials_apart(target)
-    client = redis.Redis.from_url(
+    # Past its connections, redis-py's default pool fails at once ("No connection
+    # available"): a burst of batches would get 503s. This one waits for a free one.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 0),
         **credentials,
         **NO_MAINT_NOTIFICATIONS,
     )
+    client = redis.Redis.from_pool(pool)
     read_timeout = settings.reader_block_ms / 1000 + READ_MARGIN_SECONDS
 
     def reader() -> redis.Redis:

@@ -21,6 +21,11 @@ class Metrics:
         self.topics = Gauge(
             "herald_topics", "Topics the hub follows for local subscribers.", registry=r
         )
+        self.append_round_trips = Counter(
+            "herald_append_round_trips",
+            "Pipelines of appends sent to Redis by concurrent publishes together.",
+            registry=r,
+        )
         self.entries_read = Counter(
             "herald_entries_read", "Stream entries the hub read and encoded.", registry=r
         )

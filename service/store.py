@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -130,6 +130,8 @@ class Store:
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
+        self.on_append_round_trip: Callable[[], None] = lambda: None
+        """Called for each pipeline of appends the store sends (the app counts them)."""
 
     @classmethod
     def connect(cls, settings: Settings) -> Store:
@@ -185,6 +187,26 @@ class Store:
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
         replies = await self._commit(self._appending(events, retention))
         return [_text(raw) for raw in replies[: len(events)]]
+
+    async def append(
+        self, events: Sequence[tuple[str, str, str]], retention: int
+    ) -> tuple[list[str], BaseException | None]:
+        """XADD each (topic, event, data) in the pipeline this loop iteration shares, in
+        order but not as one transaction: the ids stored up to the first failure, and it.
+
+        Lines of streaming publishes take no connection of their own this way, however
+        many requests append at once.
+        """
+        replies = await asyncio.gather(
+            *(self._xadd_soon(keys.stream_key(t), e, d, retention) for t, e, d in events),
+            return_exceptions=True,
+        )
+        ids: list[str] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                return ids, reply
+            ids.append(_text(reply))
+        return ids, None
 
     def _appending(
         self,
@@ -412,6 +434,7 @@ class Store:
         for key, event, data, retention, _ in adds:
             pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
         self._expire(pipe, (add[0] for add in adds))
+        self.on_append_round_trip()
         sending = asyncio.ensure_future(self._adding(pipe))
         sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
 

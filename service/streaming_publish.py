@@ -150,12 +150,16 @@ async def _append(
 ) -> None:
     entries = [(e.topic, e.event, e.text) for e in events]
     try:
-        ids = await ctx.store.publish(entries, ctx.settings.retention)
+        ids, failure = await ctx.store.append(entries, ctx.settings.retention)
     except Exception as exc:
         raise _AtLine(part[0][0], exc) from exc
     ctx.metrics.published.inc(len(ids))
     progress.count += len(ids)
-    progress.last |= {e.topic: i for e, i in zip(events, ids, strict=True)}
+    progress.last |= {e.topic: i for e, i in zip(events, ids, strict=False)}
+    if isinstance(failure, Exception):
+        raise _AtLine(part[len(ids)][0], failure)
+    if failure is not None:
+        raise failure
 
 
 class _Keyed:

@@ -327,3 +327,30 @@ async def test_redis_at_maxmemory_refuses_publishes_with_503_and_streams_carry_o
     assert (event.id, event.data) == (published, "after")
     assert redis_entries(redis, "frozen") == [] and redis_entries(redis, "frozen.too") == []
     assert "Traceback" not in app.logs()
+
+
+async def test_a_burst_of_batches_and_streams_while_redis_stalls_waits_instead_of_503(
+    stack: Stack,
+) -> None:
+    redis, launcher = stack(RedisServer)
+    app = launcher()
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    lines = b"".join(b'{"topic": "burst.lines", "data": %d}\n' % n for n in range(3))
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        assert (await publish(client, app, "warm", "up")).status_code == 200
+        with frozen(redis):
+            posts = [
+                asyncio.create_task(client.post(f"{app.url}/publish", json=BATCH))
+                for _ in range(150)
+            ] + [
+                asyncio.create_task(
+                    client.post(f"{app.url}/publish", content=lines, headers=ndjson)
+                )
+                for _ in range(150)
+            ]
+            await asyncio.sleep(0.5)
+        answers = await asyncio.gather(*posts)
+    assert [a.status_code for a in answers] == [200] * 300
+    assert len(redis_entries(redis, "frozen")) == len(redis_entries(redis, "frozen.too")) == 150
+    assert len(redis_entries(redis, "burst.lines")) == 450
