@@ -997,6 +997,7 @@ struct tokens {
     int ep, timer;
     uint64_t next; /* the next token to fall due over all answers: answer next % K */
     uint64_t ok, errors, reconnects;
+    uint64_t failed[600]; /* requests that failed, by status; 0: no answer at all */
     uint32_t connecting, finished;
     uint64_t t0, t0_real, last_done;
     struct histogram lag; /* from each token's scheduled time until it was written */
@@ -1049,7 +1050,10 @@ static void answer_finish(struct tokens *t, uint32_t i) {
  * a stream that broke loses the rest of its answer. */
 static void answer_broken(struct tokens *t, uint32_t i) {
     struct answer *a = &t->an[i];
-    if (a->awaiting) t->errors++;
+    if (a->awaiting) {
+        t->errors++;
+        t->failed[0]++;
+    }
     a->awaiting = 0;
     a->out_len = a->out_sent = 0;
     if (t->o.stream || a->sent == t->o.tokens) {
@@ -1138,8 +1142,13 @@ static void answer_pump(struct tokens *t, uint32_t i, uint64_t now) {
 
 static void answer_answered(struct tokens *t, uint32_t i, uint64_t now) {
     struct answer *a = &t->an[i];
-    if (a->head.status >= 200 && a->head.status < 300) t->ok++;
-    else t->errors++;
+    int status = a->head.status;
+    if (status >= 200 && status < 300) {
+        t->ok++;
+    } else {
+        t->errors++;
+        t->failed[status > 0 && status < 600 ? status : 0]++;
+    }
     a->awaiting = 0;
     t->last_done = now;
     if (t->o.stream || a->sent == t->o.tokens) answer_finish(t, i);
@@ -1213,6 +1222,14 @@ static void tokens_report(const struct tokens *t, int timed_out) {
            t->o.answers, t->o.tokens, sent, t->ok, t->errors, t->reconnects,
            timed_out ? "true" : "false", secs, (double)hist_percentile(&t->lag, 0.50) / 1e3,
            (double)hist_percentile(&t->lag, 0.99) / 1e3, (double)t->lag.max / 1e3);
+    printf("\"failed\":{");
+    const char *sep = "";
+    for (int status = 0; status < 600; status++) {
+        if (!t->failed[status]) continue;
+        printf("%s\"%d\":%" PRIu64, sep, status, t->failed[status]);
+        sep = ",";
+    }
+    printf("},");
     print_cpu_json();
     printf("}\n");
     fflush(stdout);
