@@ -15,9 +15,17 @@ Shapes:
   storm      clients reconnect at once with the Last-Event-ID of the middle of 200 events:
              time until every one has caught up, with no gap and no duplicate.
   idle       connections held open on one topic: the server's RSS per connection.
+  tokens     K answers, each its own topic with one subscriber, each writing 25 tokens/s
+             (an LLM typing), K stepped up on a fresh server per step until one is not
+             sustained: p99 from each token's scheduled time under 100 ms, every token
+             delivered once and in order, no producer 1 s behind (a K that fails is
+             measured up to three times). Herald twice: a POST per token (all Nchan
+             takes) and one streaming NDJSON request per answer. Server CPU per token
+             from /proc.
 The baseline runs broadcast and topics only.
 
     python scripts/bench_vs_nchan.py --servers herald nchan --json /tmp/bench.json
+    python scripts/bench_vs_nchan.py --servers herald nchan --shapes tokens
     python scripts/bench_vs_nchan.py --quick
 """
 
@@ -41,14 +49,19 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.build import build_loadgen
-from benchlib.loadgen import Report, SubOptions, Subscribers, publish
-from benchlib.procs import BenchError
+from benchlib.loadgen import Report, SubOptions, Subscribers, produce_tokens, publish
+from benchlib.procs import BenchError, core_busy_seconds
 from benchlib.servers import REPO, SERVER_KINDS, Server, running_server, unavailable_reason
 
-SHAPES = ("broadcast", "topics", "storm", "idle")
+SHAPES = ("broadcast", "topics", "storm", "idle", "tokens")
 BASELINE_SHAPES = ("broadcast", "topics")
-P99_LIMIT_US = 1_000_000
+P99_LIMIT_MS = 1000
 MAX_LAG_MS = 1000
+# An LLM's typing speed, and the delay past which a reader sees the text stutter.
+TOKEN_RATE = 25
+TOKEN_P99_LIMIT_MS = 100
+# A POST per token is all Nchan takes; Herald also takes an answer as one NDJSON stream.
+TOKEN_MODES = {"herald": ("post", "stream"), "nchan": ("post",)}
 # Topic-affine publish connections for the many-topics shape: each topic's events stay in
 # order on one connection while requests to different topics overlap.
 TOPICS_PUBLISH_CONCURRENCY = 16
@@ -66,6 +79,12 @@ class Sizes:
     storm_clients: int = 2000
     storm_events: int = 200
     idle_conns: int = 10000
+    answers: tuple[int, ...] = (25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600)
+    answer_seconds: float = 10  # 250 tokens at 25/s
+    # A K not sustained is measured again before the server counts as failing it: other
+    # users of the machine can stall a server, or its load generator, for longer than
+    # the p99 allows.
+    token_attempts: int = 3
     stall_seconds: float = 10  # no event for this long: stop waiting for the rest
 
 
@@ -79,6 +98,9 @@ QUICK = Sizes(
     topic_seconds=1,
     storm_clients=50,
     idle_conns=200,
+    answers=(5,),
+    answer_seconds=2,
+    token_attempts=1,
     stall_seconds=3,
 )
 
@@ -280,16 +302,19 @@ def broadcast_step(
     return step
 
 
-def unsustained_reasons(step: dict[str, Any]) -> list[str]:
+def unsustained_reasons(step: dict[str, Any], p99_limit_ms: float = P99_LIMIT_MS) -> list[str]:
     """Why a steady step does not count as sustained; empty when it does."""
     reasons = []
-    if step["p99_ms"] * 1000 >= P99_LIMIT_US:
-        reasons.append("p99 >= 1 s")
+    if step["p99_ms"] >= p99_limit_ms:
+        limit = f"{p99_limit_ms / 1000:g} s" if p99_limit_ms >= 1000 else f"{p99_limit_ms:g} ms"
+        reasons.append(f"p99 >= {limit}")
     if step["publisher_timed_out"] or step["max_lag_ms"] >= MAX_LAG_MS:
         reasons.append(f"publisher {step['max_lag_ms'] / 1000:.1f} s behind schedule")
     reasons += [f"{n} {key}" for key in ("lost", "gaps", "dups") if (n := step[key])]
     if step["publish_errors"]:
-        reasons.append(f"{step['publish_errors']} publish errors")
+        statuses = step.get("publish_errors_by_status")
+        detail = f" ({', '.join(f'{n} x {s}' for s, n in statuses.items())})" if statuses else ""
+        reasons.append(f"{step['publish_errors']} publish errors{detail}")
     return reasons
 
 
@@ -415,6 +440,169 @@ def idle(bench: Bench, server: Server) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ shape 5: token streams
+
+
+def token_streams(bench: Bench, kind: str, mode: str) -> dict[str, Any]:
+    """K answers, stepped up with a fresh server for each K, until one is not sustained.
+
+    A fresh server per step keeps a step's backlog or stored messages (Nchan keeps every
+    channel's last 1,000 in its shared memory) from weighing on the next one.
+    """
+    steps = []
+    for answers in bench.sizes.answers:
+        attempts: list[dict[str, Any]] = []
+        for attempt in range(1, bench.sizes.token_attempts + 1):
+            step = token_attempt(bench, kind, mode, answers)
+            step["attempt"] = attempt
+            attempts.append(step)
+            if step["sustained"]:
+                break
+        step["earlier_attempts"] = attempts[:-1]
+        steps.append(step)
+        if not step["sustained"]:
+            break
+    sustained = [step["answers"] for step in steps if step["sustained"]]
+    return {
+        "mode": mode,
+        "token_rate": TOKEN_RATE,
+        "tokens_per_answer": round(TOKEN_RATE * bench.sizes.answer_seconds),
+        "max_sustained_answers": max(sustained, default=None),
+        "steps": steps,
+    }
+
+
+def token_attempt(bench: Bench, kind: str, mode: str, answers: int) -> dict[str, Any]:
+    try:
+        with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
+            step = token_step(bench, server, mode, answers)
+    except BenchError as error:
+        log(f"[{kind}] tokens {mode} K={answers}: {error}")
+        return {
+            "answers": answers,
+            "error": str(error),
+            "sustained": False,
+            "not_sustained_because": [str(error)],
+        }
+    log(
+        f"[{kind}] tokens {mode} K={answers}: p50 {step['p50_ms']:.1f} ms, "
+        f"p99 {step['p99_ms']:.1f} ms, lost {step['lost']}, "
+        f"{step['server_us_per_token']} µs of server CPU a token, "
+        f"{percent(step['server_core_others_share'])} of its core taken by other processes"
+    )
+    return step
+
+
+def token_step(bench: Bench, server: Server, mode: str, answers: int) -> dict[str, Any]:
+    sizes = bench.sizes
+    tokens = round(TOKEN_RATE * sizes.answer_seconds)
+    expected = answers * tokens
+    options = SubOptions(conns=answers, topics=answers, expect=tokens)
+    with subscribers(bench, server, options, f"tokens-{mode}-{answers}") as subs:
+        require_connected(subs, answers)
+        meter = CpuMeter(server, bench, cpu_of(subs.report()))
+        subs.mark()
+        pub = produce_tokens(
+            bench.loadgen, server.port, server.proto, answers, tokens, rate=TOKEN_RATE,
+            stream=mode == "stream", core=bench.load_core, timeout=3 * sizes.answer_seconds + 10,
+        )  # fmt: skip
+        report = subs.wait_for(lambda r: r["events"] >= expected, sizes.stall_seconds, 120)
+        cpu = meter.read(cpu_of(report) + cpu_of(pub))
+    delivered = report["events"]
+    step = {
+        "answers": answers,
+        "tokens_per_s": answers * TOKEN_RATE,
+        "tokens": expected,
+        "published": pub["sent"],
+        "publish_requests_ok": pub["ok"],
+        "publish_errors": pub["errors"],
+        # by HTTP status; "0": the connection closed before an answer
+        "publish_errors_by_status": pub["failed"],
+        "publisher_reconnects": pub["reconnects"],
+        "publisher_timed_out": pub["timed_out"],
+        "lag_p99_ms": pub["lag_p99_ms"],
+        "max_lag_ms": pub["max_lag_ms"],
+        "delivered": delivered,
+        "lost": max(0, expected - delivered),
+        **latency(report),
+        **integrity(report),
+        **cpu.shares(),
+        "server_us_per_token": cpu.per_event(cpu.server, delivered),
+    }
+    if server.redis:
+        step["redis_us_per_token"] = cpu.per_event(cpu.redis, delivered)
+    step["not_sustained_because"] = unsustained_reasons(step, TOKEN_P99_LIMIT_MS)
+    step["sustained"] = not step["not_sustained_because"]
+    return step
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds used over `wall` seconds by each party to a step."""
+
+    wall: float
+    server: float
+    redis: float
+    loadgen: float
+    # Everything else on each core: the machine's other users (None when nothing is pinned).
+    server_core_others: float | None
+    load_core_others: float | None
+
+    def shares(self) -> dict[str, float | None]:
+        def share(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds / self.wall, 3)
+
+        return {
+            "server_cpu_share": share(self.server),
+            "loadgen_cpu_share": share(self.loadgen),
+            "server_core_others_share": share(self.server_core_others),
+            "load_core_others_share": share(self.load_core_others),
+        }
+
+    @staticmethod
+    def per_event(seconds: float, events: int) -> int | None:
+        # /proc counts in ticks (10 ms): over a step of seconds, an error well under 1%.
+        return round(seconds * 1e6 / events) if events else None
+
+
+class CpuMeter:
+    """Reads, from /proc, the CPU a step costs the server, its Redis and the load generator,
+    and what the rest of the machine took from their cores meanwhile."""
+
+    def __init__(self, server: Server, bench: Bench, loadgen_cpu: float) -> None:
+        self.server = server
+        self.cores = (bench.server_core, bench.load_core)
+        self.start = time.monotonic()
+        self.server_cpu = server.cpu()
+        self.redis_cpu = self._redis_cpu()
+        self.loadgen_cpu = loadgen_cpu
+        self.busy = self._busy()
+
+    def _redis_cpu(self) -> float:
+        return self.server.redis.cpu() if self.server.redis else 0.0
+
+    def _busy(self) -> tuple[float, float] | None:
+        server_core, load_core = self.cores
+        if server_core is None or load_core is None:
+            return None
+        return core_busy_seconds(server_core), core_busy_seconds(load_core)
+
+    def read(self, loadgen_cpu: float) -> Cpu:
+        """`loadgen_cpu`: what the load generators have used by now, in all."""
+        server = self.server.cpu() - self.server_cpu
+        redis = self._redis_cpu() - self.redis_cpu
+        loadgen = loadgen_cpu - self.loadgen_cpu
+        before, after = self.busy, self._busy()
+        others: tuple[float | None, float | None] = (None, None)
+        if before is not None and after is not None:
+            # Redis shares the load generator's core.
+            others = (
+                max(0.0, after[0] - before[0] - server),
+                max(0.0, after[1] - before[1] - loadgen - redis),
+            )
+        return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others)
+
+
 SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
     "broadcast": broadcast,
     "topics": many_topics,
@@ -426,6 +614,28 @@ SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
 # ------------------------------------------------------------------ running and reporting
 
 
+Run = Callable[[Bench, str], dict[str, Any]]
+
+
+def runs(kind: str, shape: str) -> list[tuple[str, Run]]:
+    """(result name, runner) for each way `kind` runs `shape`; none when it does not."""
+    if shape == "tokens":
+        return [
+            (f"tokens_{mode}", partial(token_streams, mode=mode))
+            for mode in TOKEN_MODES.get(kind, ())
+        ]
+    if kind == "baseline" and shape not in BASELINE_SHAPES:
+        return []
+    return [(shape, partial(on_fresh_server, runner=SHAPE_RUNNERS[shape]))]
+
+
+def on_fresh_server(
+    bench: Bench, kind: str, runner: Callable[[Bench, Server], dict[str, Any]]
+) -> dict[str, Any]:
+    with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
+        return runner(bench, server)
+
+
 def run_server(bench: Bench, kind: str, shapes: list[str]) -> dict[str, Any]:
     reason = unavailable_reason(kind)
     if reason:
@@ -433,15 +643,13 @@ def run_server(bench: Bench, kind: str, shapes: list[str]) -> dict[str, Any]:
         return {"skipped": reason}
     results: dict[str, Any] = {}
     for shape in shapes:
-        if kind == "baseline" and shape not in BASELINE_SHAPES:
-            continue
-        log(f"[{kind}] {shape} ...")
-        try:
-            with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
-                results[shape] = SHAPE_RUNNERS[shape](bench, server)
-        except BenchError as error:
-            log(f"[{kind}] {shape} failed: {error}")
-            results[shape] = {"error": str(error)}
+        for name, run in runs(kind, shape):
+            log(f"[{kind}] {name} ...")
+            try:
+                results[name] = run(bench, kind)
+            except BenchError as error:
+                log(f"[{kind}] {name} failed: {error}")
+                results[name] = {"error": str(error)}
     return results
 
 
@@ -557,7 +765,10 @@ def table(results: dict[str, Any]) -> str:
     servers = list(results)
     body = [[label, *(render(results[s]) for s in servers)] for label, render in rows]
     body = [row for row in body if any(row[1:])]
-    header = ["metric", *servers]
+    return aligned(["metric", *servers], body) if body else ""
+
+
+def aligned(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(
@@ -568,6 +779,79 @@ def table(results: dict[str, Any]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+TOKEN_COLUMNS = (
+    ("K", "answers"),
+    ("tokens/s", "tokens_per_s"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("server µs/token", "server_us_per_token"),
+    ("Redis µs/token", "redis_us_per_token"),
+    ("server CPU", "server_cpu_share"),
+    ("loadgen CPU", "loadgen_cpu_share"),
+    ("others, server core", "server_core_others_share"),
+    ("others, load core", "load_core_others_share"),
+)
+
+
+def token_table(results: dict[str, Any]) -> str:
+    """Shape 5: a row per server, publish mode and K; then the highest K and the ratios."""
+    runs = {
+        f"{kind} {mode}": result[f"tokens_{mode}"]
+        for kind, result in results.items()
+        for mode in ("post", "stream")
+        if "steps" in result.get(f"tokens_{mode}", {})
+    }
+    if not runs:
+        return ""
+    header = ["tokens", *(label for label, _ in TOKEN_COLUMNS), "sustained"]
+    body = [[name, *token_row(step)] for name, run in runs.items() for step in run["steps"]]
+    return f"{aligned(header, body)}\n\n{token_summary(runs)}"
+
+
+def token_row(step: dict[str, Any]) -> list[str]:
+    if "error" in step:
+        return [cell(step["answers"]), *[""] * (len(TOKEN_COLUMNS) - 1), step["error"]]
+    figures = [
+        percent(step[key]) if key.endswith("_share") else cell(step.get(key))
+        for _, key in TOKEN_COLUMNS
+    ]
+    attempts = f" (attempt {step['attempt']})" if step["attempt"] > 1 else ""
+    verdict = "yes" if step["sustained"] else "no: " + "; ".join(step["not_sustained_because"])
+    return [*figures, verdict + attempts]
+
+
+def token_summary(runs: dict[str, dict[str, Any]]) -> str:
+    """Each run's highest K, and its server CPU per token at the highest K all sustained."""
+    steps = {name: {step["answers"]: step for step in run["steps"]} for name, run in runs.items()}
+    common = [
+        k
+        for k in next(iter(steps.values()))
+        if all(by_k.get(k, {}).get("sustained") for by_k in steps.values())
+    ]
+    nchan = runs.get("nchan post")
+    header = ["tokens", "highest K sustained", "vs Nchan"]
+    if common:
+        header += [f"server µs/token at K={max(common):,}", "vs Nchan"]
+    body = []
+    for name, run in runs.items():
+        best = run["max_sustained_answers"]
+        row = [name, cell(best), ratio(best, nchan["max_sustained_answers"] if nchan else None)]
+        if common:
+            us = steps[name][max(common)]["server_us_per_token"]
+            reference = steps["nchan post"][max(common)] if nchan else {}
+            row += [cell(us), ratio(us, reference.get("server_us_per_token"))]
+        body.append(row)
+    return aligned(header, body)
+
+
+def percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
+
+
+def ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2g}x" if value and reference else "-"
 
 
 def errors(results: dict[str, Any]) -> list[str]:
@@ -596,6 +880,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-conns", type=int, help="idle connections (10000)")
     parser.add_argument("--step-seconds", type=float, help="seconds per steady rate (5)")
     parser.add_argument("--rates", type=float, nargs="+", help="steady rates, events/s")
+    parser.add_argument("--answers", type=int, nargs="+", help="token stream steps, answers (K)")
+    parser.add_argument("--answer-seconds", type=float, help="seconds an answer lasts (10)")
     return parser.parse_args(argv)
 
 
@@ -604,11 +890,13 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     overrides = {
         name: getattr(args, name)
         for name in ("subscribers", "burst_events", "topics", "storm_clients", "idle_conns",
-                     "step_seconds")
+                     "step_seconds", "answer_seconds")
         if getattr(args, name) is not None
     }  # fmt: skip
     if args.rates:
         overrides["rates"] = tuple(args.rates)
+    if args.answers:
+        overrides["answers"] = tuple(args.answers)
     return replace(sizes, **overrides)
 
 
@@ -653,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.chmod(0o755)  # nginx's worker runs as nobody and reaches into it
     bench = Bench(build_loadgen(workdir / "bin"), workdir, sizes, server_core, load_core)
     results = {kind: run_server(bench, kind, args.shapes) for kind in args.servers}
-    print(table(results))
+    print("\n\n".join(text for text in (table(results), token_table(results)) if text))
     for kind, result in results.items():
         if "skipped" in result:
             print(f"{kind}: skipped, {result['skipped']}")

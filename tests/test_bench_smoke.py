@@ -45,3 +45,11 @@ def test_the_quick_benchmark_runs_every_shape_losing_nothing(tmp_path: Path) -> 
         assert storm["caught_up"] == storm["clients"]
         assert (storm["gaps"], storm["dups"]) == (0, 0)
         assert results[server]["idle"]["open"] == results[server]["idle"]["conns"]
+    token_runs = [("herald", "post"), ("herald", "stream"), ("nchan", "post")]
+    for server, mode in token_runs:
+        (step,) = results[server][f"tokens_{mode}"]["steps"]
+        assert (step["lost"], step["gaps"], step["dups"]) == (0, 0, 0), (server, mode, step)
+        assert step["delivered"] == step["published"] == step["tokens"], (server, mode, step)
+        assert step["publish_errors"] == 0, (server, mode, step)
+        for figure in ("p50_ms", "p99_ms", "server_us_per_token", "server_cpu_share"):
+            assert isinstance(step[figure], int | float), (server, mode, figure)

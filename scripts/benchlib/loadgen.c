@@ -5,10 +5,13 @@
  *                number and measures its latency; driven line by line over stdin/stdout.
  *   loadgen pub  publishes events (Herald JSON or Nchan raw bodies) on keep-alive
  *                connections, back to back or paced open-loop, and prints one JSON line.
+ *   loadgen tokens  K answers, a topic and a connection each, paced at so many tokens a
+ *                second: a POST per token, or one chunked NDJSON request per answer.
  *
  * Every event's data is "<seq> <publish_time_us>" (CLOCK_REALTIME microseconds, stamped
- * when the publish request is sent), so a subscriber needs no side channel to measure
- * latency or to find gaps. Run `loadgen` without arguments for the flags.
+ * when the publish request is sent; by `tokens`, the time it was due), so a subscriber
+ * needs no side channel to measure latency or to find gaps. Run `loadgen` without
+ * arguments for the flags.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +30,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -854,16 +858,17 @@ static void response_done(struct pub *p, uint32_t i, uint64_t now) {
     if (c->head.close) pconn_reopen(p, i);
 }
 
-/* Consumes body bytes; returns 1 once the response body is complete. */
-static int pub_body(struct pconn *c, const char *q, size_t n) {
-    if (c->head.chunked) {
+/* Consumes the bytes of a response body that is not kept; returns 1 once it is complete. */
+static int response_body(const struct http_head *head, struct dechunk *dc, int64_t *body_left,
+                         const char *q, size_t n) {
+    if (head->chunked) {
         const char *end = q + n, *run;
-        while (dechunk(&c->dc, &q, end, &run) > 0) {
+        while (dechunk(dc, &q, end, &run) > 0) {
         }
-        return c->dc.state == DC_DONE || c->dc.state == DC_ERROR;
+        return dc->state == DC_DONE || dc->state == DC_ERROR;
     }
-    c->body_left -= (int64_t)n;
-    return c->body_left <= 0;
+    *body_left -= (int64_t)n;
+    return *body_left <= 0;
 }
 
 static void pconn_readable(struct pub *p, uint32_t i, uint64_t now) {
@@ -882,7 +887,8 @@ static void pconn_readable(struct pub *p, uint32_t i, uint64_t now) {
          * carry one, so treat it as empty. */
         c->body_left = c->head.content_length > 0 ? c->head.content_length : 0;
     }
-    if (pub_body(c, p->rbuf + used, (size_t)n - used)) response_done(p, i, now);
+    if (response_body(&c->head, &c->dc, &c->body_left, p->rbuf + used, (size_t)n - used))
+        response_done(p, i, now);
 }
 
 static void pconn_event(struct pub *p, uint32_t i, uint64_t now) {
@@ -946,6 +952,322 @@ static void pub_run(struct pub *p) {
     pub_report(p, 0);
 }
 
+/* ================================================================== tokens mode */
+
+/* K answers, each with its own topic and its own keep-alive connection, each writing
+ * --tokens tokens at --rate a second: an LLM typing. Token n of answer a is due at
+ * t0 + (n*K + a) / (rate*K): the answers' phases are spread over a token period, so the
+ * server sees a steady K*rate tokens/s rather than K at once every period.
+ *
+ * A token's data is "<n+1> <scheduled time>": the time it was due, not the time it was
+ * written, so a producer that falls behind (one POST per token waits for the answer to
+ * the previous one) counts as latency at the subscriber. With --stream each answer is
+ * one chunked NDJSON request to Herald's POST /publish, a chunk per token. */
+
+#define TIMER_TAG (UINT32_MAX - 1)
+/* Due tokens are written on a timer that ticks this often: re-arming a timer for every
+ * token cost as much as writing it. It adds at most a tick (half on average) to every
+ * token's latency, the same for every server. */
+#define TOKEN_TICK_US 250
+
+struct tokens_opts {
+    const char *host;
+    int port;
+    int nchan, stream;
+    uint32_t answers;
+    uint64_t tokens;
+    double rate, timeout_s;
+};
+
+struct answer {
+    int fd;
+    uint8_t connecting, awaiting, want_out, done;
+    uint64_t due, sent; /* tokens whose time has come; tokens written */
+    struct http_head head;
+    struct dechunk dc;
+    int64_t body_left;
+    char *out; /* written but not yet taken by the socket: out[out_sent, out_len) */
+    size_t out_len, out_sent, out_cap;
+};
+
+struct tokens {
+    struct tokens_opts o;
+    struct sockaddr_in dst;
+    struct answer *an;
+    int ep, timer;
+    uint64_t next; /* the next token to fall due over all answers: answer next % K */
+    uint64_t ok, errors, reconnects;
+    uint64_t failed[600]; /* requests that failed, by status; 0: no answer at all */
+    uint32_t connecting, finished;
+    uint64_t t0, t0_real, last_done;
+    struct histogram lag; /* from each token's scheduled time until it was written */
+    char rbuf[READ_BUF];
+};
+
+static uint64_t token_due_us(const struct tokens *t, uint32_t a, uint64_t n) {
+    double j = (double)n * t->o.answers + a;
+    return t->t0 + (uint64_t)(j * 1e6 / (t->o.rate * t->o.answers));
+}
+
+static void out_append(struct answer *a, const char *fmt, ...) {
+    for (;;) {
+        size_t room = a->out_cap - a->out_len;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(a->out + a->out_len, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) die("vsnprintf failed");
+        if ((size_t)n < room) {
+            a->out_len += (size_t)n;
+            return;
+        }
+        a->out_cap = 2 * (a->out_cap + (size_t)n);
+        a->out = realloc(a->out, a->out_cap);
+        if (!a->out) die("out of memory");
+    }
+}
+
+static void answer_connect(struct tokens *t, uint32_t i) {
+    struct answer *a = &t->an[i];
+    a->fd = start_connect(NULL, &t->dst);
+    if (a->fd < 0) die("connect to %s:%d failed: %s", t->o.host, t->o.port, strerror(errno));
+    a->connecting = 1;
+    a->want_out = 1;
+    t->connecting++;
+    epoll_set(t->ep, EPOLL_CTL_ADD, a->fd, EPOLLOUT, i);
+}
+
+static void answer_finish(struct tokens *t, uint32_t i) {
+    struct answer *a = &t->an[i];
+    if (a->fd >= 0) close(a->fd);
+    a->fd = -1;
+    a->done = 1;
+    t->finished++;
+}
+
+/* The connection failed or was closed. The request under way, if any, is an error. One
+ * POST per token goes on with the next token on a new connection, as a producer would;
+ * a stream that broke loses the rest of its answer. */
+static void answer_broken(struct tokens *t, uint32_t i) {
+    struct answer *a = &t->an[i];
+    if (a->awaiting) {
+        t->errors++;
+        t->failed[0]++;
+    }
+    a->awaiting = 0;
+    a->out_len = a->out_sent = 0;
+    if (t->o.stream || a->sent == t->o.tokens) {
+        answer_finish(t, i);
+        return;
+    }
+    close(a->fd);
+    t->reconnects++;
+    answer_connect(t, i);
+}
+
+static void answer_flush(struct tokens *t, uint32_t i) {
+    struct answer *a = &t->an[i];
+    while (a->out_sent < a->out_len) {
+        ssize_t n = send(a->fd, a->out + a->out_sent, a->out_len - a->out_sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) break;
+        if (n < 0) {
+            answer_broken(t, i);
+            return;
+        }
+        a->out_sent += (size_t)n;
+    }
+    if (a->out_sent == a->out_len) a->out_sent = a->out_len = 0;
+    uint8_t want_out = a->out_len > 0;
+    if (want_out != a->want_out) {
+        a->want_out = want_out;
+        epoll_set(t->ep, EPOLL_CTL_MOD, a->fd, EPOLLIN | (want_out ? EPOLLOUT : 0), i);
+    }
+}
+
+static void begin_response(struct answer *a) {
+    head_reset(&a->head);
+    memset(&a->dc, 0, sizeof a->dc);
+    a->awaiting = 1;
+}
+
+static void write_token(struct tokens *t, uint32_t i, uint64_t now) {
+    struct answer *a = &t->an[i];
+    const char *host = t->o.host;
+    int port = t->o.port;
+    uint64_t n = a->sent++, due = token_due_us(t, i, n);
+    hist_add(&t->lag, now > due ? now - due : 0);
+    char data[64], line[160];
+    snprintf(data, sizeof data, "%" PRIu64 " %" PRIu64, n + 1, t->t0_real + (due - t->t0));
+    /* "t<a>": the topics that `loadgen sub --path ...t{k}` follows */
+    if (t->o.nchan) {
+        out_append(a,
+                   "POST /pub?id=t%" PRIu32 " HTTP/1.1\r\nHost: %s:%d\r\n"
+                   "Content-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
+                   i, host, port, strlen(data), data);
+        return;
+    }
+    int len = snprintf(line, sizeof line,
+                       "{\"topic\":\"t%" PRIu32 "\",\"event\":\"token\",\"data\":\"%s\"}", i, data);
+    if (!t->o.stream) {
+        out_append(a,
+                   "POST /publish HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\n\r\n%s",
+                   host, port, len, line);
+        return;
+    }
+    if (n == 0)
+        out_append(a,
+                   "POST /publish HTTP/1.1\r\nHost: %s:%d\r\n"
+                   "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
+                   host, port);
+    out_append(a, "%x\r\n%s\n\r\n", (unsigned)len + 1, line);
+    if (a->sent == t->o.tokens) out_append(a, "0\r\n\r\n");
+}
+
+/* Writes what is due: one POST at a time, each once the previous one was answered; or,
+ * streaming, every due token at once as chunks of the answer's one request. */
+static void answer_pump(struct tokens *t, uint32_t i, uint64_t now) {
+    struct answer *a = &t->an[i];
+    if (a->connecting || a->done || a->sent == a->due) return;
+    if (t->o.stream) {
+        if (a->sent == 0) begin_response(a);
+        while (a->sent < a->due) write_token(t, i, now);
+    } else if (!a->awaiting) {
+        begin_response(a);
+        write_token(t, i, now);
+    }
+    answer_flush(t, i);
+}
+
+static void answer_answered(struct tokens *t, uint32_t i, uint64_t now) {
+    struct answer *a = &t->an[i];
+    int status = a->head.status;
+    if (status >= 200 && status < 300) {
+        t->ok++;
+    } else {
+        t->errors++;
+        t->failed[status > 0 && status < 600 ? status : 0]++;
+    }
+    a->awaiting = 0;
+    t->last_done = now;
+    if (t->o.stream || a->sent == t->o.tokens) answer_finish(t, i);
+    else if (a->head.close) answer_broken(t, i);
+    else answer_pump(t, i, now);
+}
+
+static void answer_readable(struct tokens *t, uint32_t i, uint64_t now) {
+    struct answer *a = &t->an[i];
+    ssize_t n = recv(a->fd, t->rbuf, READ_BUF, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0 || !a->awaiting) {
+        answer_broken(t, i);
+        return;
+    }
+    size_t used = 0;
+    if (!a->head.done) {
+        used = head_feed(&a->head, t->rbuf, (size_t)n);
+        if (!a->head.done) return;
+        a->body_left = a->head.content_length > 0 ? a->head.content_length : 0;
+    }
+    if (response_body(&a->head, &a->dc, &a->body_left, t->rbuf + used, (size_t)n - used))
+        answer_answered(t, i, now);
+}
+
+static void answer_event(struct tokens *t, uint32_t i, uint32_t events, uint64_t now) {
+    struct answer *a = &t->an[i];
+    if (a->fd < 0) return;
+    if (a->connecting) {
+        if (connect_error(a->fd) != 0)
+            die("connect to %s:%d failed: %s", t->o.host, t->o.port,
+                strerror(connect_error(a->fd)));
+        a->connecting = 0;
+        a->want_out = 0;
+        t->connecting--;
+        epoll_set(t->ep, EPOLL_CTL_MOD, a->fd, EPOLLIN, i);
+        answer_pump(t, i, now);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) answer_readable(t, i, now);
+    if (a->fd >= 0 && !a->connecting && (events & EPOLLOUT)) answer_flush(t, i);
+}
+
+static void tokens_fall_due(struct tokens *t, uint64_t now) {
+    uint64_t total = t->o.tokens * t->o.answers;
+    while (t->next < total) {
+        uint32_t i = (uint32_t)(t->next % t->o.answers);
+        if (token_due_us(t, i, t->next / t->o.answers) > now) return;
+        t->next++;
+        t->an[i].due++;
+        answer_pump(t, i, now);
+    }
+}
+
+/* A timerfd rather than epoll_wait's timeout, whose milliseconds are too coarse. */
+static void tokens_start_ticking(struct tokens *t) {
+    struct timespec tick = {.tv_nsec = TOKEN_TICK_US * 1000};
+    struct itimerspec every = {.it_value = tick, .it_interval = tick};
+    if (timerfd_settime(t->timer, 0, &every, NULL) < 0)
+        die("timerfd_settime: %s", strerror(errno));
+}
+
+static void tokens_report(const struct tokens *t, int timed_out) {
+    uint64_t sent = 0;
+    for (uint32_t i = 0; i < t->o.answers; i++) sent += t->an[i].sent;
+    double secs = t->last_done > t->t0 && t->t0 ? (double)(t->last_done - t->t0) / 1e6 : 0;
+    printf("{\"answers\":%" PRIu32 ",\"tokens\":%" PRIu64 ",\"sent\":%" PRIu64
+           ",\"ok\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"reconnects\":%" PRIu64
+           ",\"timed_out\":%s,\"seconds\":%.6f,\"lag_p50_ms\":%.3f,\"lag_p99_ms\":%.3f"
+           ",\"max_lag_ms\":%.3f,",
+           t->o.answers, t->o.tokens, sent, t->ok, t->errors, t->reconnects,
+           timed_out ? "true" : "false", secs, (double)hist_percentile(&t->lag, 0.50) / 1e3,
+           (double)hist_percentile(&t->lag, 0.99) / 1e3, (double)t->lag.max / 1e3);
+    printf("\"failed\":{");
+    const char *sep = "";
+    for (int status = 0; status < 600; status++) {
+        if (!t->failed[status]) continue;
+        printf("%s\"%d\":%" PRIu64, sep, status, t->failed[status]);
+        sep = ",";
+    }
+    printf("},");
+    print_cpu_json();
+    printf("}\n");
+    fflush(stdout);
+}
+
+static void tokens_run(struct tokens *t) {
+    static struct epoll_event evs[MAX_EVENTS];
+    uint64_t deadline = mono_us() + (uint64_t)(t->o.timeout_s * 1e6);
+    while (t->finished < t->o.answers) {
+        int n = epoll_wait(t->ep, evs, MAX_EVENTS, 100);
+        if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+        uint64_t now = mono_us();
+        if (now > deadline) {
+            tokens_report(t, 1);
+            exit(1);
+        }
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.u32 == TIMER_TAG) {
+                uint64_t expirations;
+                if (read(t->timer, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+                    die("timerfd read: %s", strerror(errno));
+            } else {
+                answer_event(t, evs[k].data.u32, evs[k].events, now);
+            }
+        }
+        if (!t->t0) {
+            /* the schedule starts once every connection is up */
+            if (t->connecting) continue;
+            /* read together: a token's scheduled time moves to the subscribers' clock */
+            t->t0 = mono_us();
+            t->t0_real = real_us();
+            tokens_start_ticking(t);
+        }
+        tokens_fall_due(t, mono_us());
+    }
+    tokens_report(t, 0);
+}
+
 /* ================================================================== command line */
 
 static void usage(void) {
@@ -959,7 +1281,11 @@ static void usage(void) {
           "    on stdin: mark | report | quit.\n"
           "  loadgen pub --port P --proto herald|nchan --count N [--host 127.0.0.1]\n"
           "              [--topics K] [--rate R] [--concurrency C] [--topic-prefix t]\n"
-          "              [--start-seq S] [--timeout SECS]\n",
+          "              [--start-seq S] [--timeout SECS]\n"
+          "  loadgen tokens --port P --proto herald|nchan --answers K --tokens N [--rate R]\n"
+          "              [--stream] [--host 127.0.0.1] [--timeout SECS]\n"
+          "    Answer a publishes N tokens to topic t<a> at R a second (default 25); --stream\n"
+          "    sends each answer as one chunked NDJSON request (Herald only).\n",
           stderr);
     exit(2);
 }
@@ -1055,6 +1381,27 @@ static void parse_pub(int argc, char **argv, struct pub_opts *o) {
     if (strlen(o->topic_prefix) > 100) die("--topic-prefix too long");
 }
 
+static void parse_tokens(int argc, char **argv, struct tokens_opts *o) {
+    *o = (struct tokens_opts){.host = "127.0.0.1", .rate = 25, .timeout_s = 600};
+    const char *proto = NULL;
+    for (struct argv_iter it = {argc, 2, argv}; it.i < argc; it.i++) {
+        const char *a = argv[it.i];
+        if (!strcmp(a, "--host")) o->host = arg_value(&it);
+        else if (!strcmp(a, "--port")) o->port = (int)arg_u64(&it);
+        else if (!strcmp(a, "--proto")) proto = arg_value(&it);
+        else if (!strcmp(a, "--answers")) o->answers = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--tokens")) o->tokens = arg_u64(&it);
+        else if (!strcmp(a, "--rate")) o->rate = arg_double(&it);
+        else if (!strcmp(a, "--stream")) o->stream = 1;
+        else if (!strcmp(a, "--timeout")) o->timeout_s = arg_double(&it);
+        else usage();
+    }
+    if (!o->port || !proto || !o->answers || !o->tokens || !(o->rate > 0)) usage();
+    if (strcmp(proto, "herald") && strcmp(proto, "nchan")) die("--proto is herald or nchan");
+    o->nchan = strcmp(proto, "nchan") == 0;
+    if (o->nchan && o->stream) die("--stream is Herald's NDJSON publish; Nchan has none");
+}
+
 static void sub_main(int argc, char **argv) {
     struct sub *s = calloc(1, sizeof *s);
     if (!s) die("out of memory");
@@ -1088,6 +1435,27 @@ static void pub_main(int argc, char **argv) {
     pub_run(p);
 }
 
+static void tokens_main(int argc, char **argv) {
+    struct tokens *t = calloc(1, sizeof *t);
+    if (!t) die("out of memory");
+    parse_tokens(argc, argv, &t->o);
+    t->dst = ipv4_address(t->o.host, t->o.port);
+    t->an = calloc(t->o.answers, sizeof *t->an);
+    if (!t->an) die("out of memory");
+    t->ep = epoll_create1(EPOLL_CLOEXEC);
+    t->timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (t->timer < 0) die("timerfd_create: %s", strerror(errno));
+    epoll_set(t->ep, EPOLL_CTL_ADD, t->timer, EPOLLIN, TIMER_TAG);
+    for (uint32_t i = 0; i < t->o.answers; i++) {
+        struct answer *a = &t->an[i];
+        a->out_cap = 512;
+        a->out = malloc(a->out_cap);
+        if (!a->out) die("out of memory");
+        answer_connect(t, i);
+    }
+    tokens_run(t);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     signal(SIGPIPE, SIG_IGN);
@@ -1095,6 +1463,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOFBF, 1 << 16); /* flushed once per loop turn */
     if (!strcmp(argv[1], "sub")) sub_main(argc, argv);
     else if (!strcmp(argv[1], "pub")) pub_main(argc, argv);
+    else if (!strcmp(argv[1], "tokens")) tokens_main(argc, argv);
     else usage();
     return 0;
 }

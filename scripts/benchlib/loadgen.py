@@ -1,4 +1,4 @@
-"""Drives the C load generator: `loadgen sub` as a long-lived child, `loadgen pub` as a run."""
+"""Drives the C load generator: `loadgen sub` as a long-lived child, `pub` and `tokens` as runs."""
 
 from __future__ import annotations
 
@@ -160,14 +160,42 @@ def publish(
         "--topics", str(topics), "--rate", str(rate), "--concurrency", str(concurrency),
         "--start-seq", str(start_seq), "--timeout", str(timeout),
     ]  # fmt: skip
+    return _run_to_end(cmd, core, timeout)
+
+
+def produce_tokens(
+    binary: Path,
+    port: int,
+    proto: str,
+    answers: int,
+    tokens: int,
+    *,
+    rate: float,
+    stream: bool,
+    core: int | None,
+    timeout: float,
+) -> Report:
+    """Runs `loadgen tokens` to the end: `answers` answers on topics t0..t<answers-1>."""
+    cmd = [
+        str(binary), "tokens", "--port", str(port), "--proto", proto,
+        "--answers", str(answers), "--tokens", str(tokens), "--rate", str(rate),
+        "--timeout", str(timeout),
+    ]  # fmt: skip
+    if stream:
+        cmd.append("--stream")
+    return _run_to_end(cmd, core, timeout)
+
+
+def _run_to_end(cmd: list[str], core: int | None, timeout: float) -> Report:
+    """The JSON line a `loadgen` run prints last; it stops itself after `timeout` s."""
     try:
         result = subprocess.run(
             pinned(cmd, core), capture_output=True, text=True, timeout=timeout + 30
         )
     except subprocess.TimeoutExpired:
-        raise BenchError(f"loadgen pub did not finish within {timeout + 30} s") from None
+        raise BenchError(f"loadgen {cmd[1]} did not finish within {timeout + 30} s") from None
     lines = result.stdout.strip().splitlines()
     if not lines:
-        raise BenchError(f"loadgen pub failed ({result.returncode}): {result.stderr}")
+        raise BenchError(f"loadgen {cmd[1]} failed ({result.returncode}): {result.stderr}")
     report: Report = json.loads(lines[-1])
     return report

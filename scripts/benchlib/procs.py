@@ -187,6 +187,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def core_busy_seconds(core: int) -> float:
+    """CPU seconds core `core` has spent on anything but idling, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name == f"cpu{core}":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+            return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    raise BenchError(f"/proc/stat has no cpu{core}")
+
+
 def child_pids(pid: int) -> list[int]:
     children = []
     for entry in Path("/proc").iterdir():

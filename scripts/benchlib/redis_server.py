@@ -1,4 +1,4 @@
-"""A throwaway redis-server (no persistence) and the two commands the benchmark sends."""
+"""A throwaway redis-server (no persistence), the two commands the benchmark sends, its CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from .procs import BenchError, Process, pinned, start_on_free_port
+from .procs import BenchError, Process, cpu_seconds, pinned, start_on_free_port
 
 
 class RedisServer:
@@ -61,6 +61,9 @@ class RedisServer:
             if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
                 total += int(line.split("calls=", 1)[1].split(",", 1)[0])
         return total
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.stop()
