@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import uvicorn
@@ -172,10 +172,7 @@ async def _stream_lines(
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-        for e in exc.errors()
-    )
+    return "; ".join(_each_problem(exc))
 
 
 def tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -234,11 +231,16 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sett
 
 
 def settings_problems(exc: ValidationError) -> str:
-    """One line per problem, without the values given: they may hold secrets."""
-    return "\n".join(
-        f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )
+    """One line per problem."""
+    return "\n".join(f"  {problem}" for problem in _each_problem(exc, unnamed="settings: "))
+
+
+def _each_problem(exc: ValidationError, unnamed: str = "") -> Iterator[str]:
+    """`where: what` for each of pydantic's errors, without the values given: they may
+    hold secrets."""
+    for e in exc.errors(include_url=False, include_input=False):
+        where = ".".join(map(str, e["loc"]))
+        yield f"{where}: {e['msg']}" if where else unnamed + e["msg"]
 
 
 def _configure_logging(level: str) -> None:

@@ -169,6 +169,7 @@ class _Keyed:
         self._ctx = ctx
         self._key = keys.scoped_idempotency_key(grant.publisher if grant else None, key)
         self._first_topic: str | None = None
+        self._group: int | None = None
         """The record lives on this topic's Cluster slot."""
         self._state_key = b""
         self._before: LinesState | None = None
@@ -182,10 +183,10 @@ class _Keyed:
         slot (the first event's): the record and the appends go in one script."""
         store = self._ctx.store
         for index, event in enumerate(events):
+            group = store.group_of(keys.stream_key(event.topic))
             if self._first_topic is None:
-                self._first_topic = event.topic
-            first = store.group_of(keys.stream_key(self._first_topic))
-            if store.group_of(keys.stream_key(event.topic)) != first:
+                self._first_topic, self._group = event.topic, group
+            elif group != self._group:
                 refused = Invalid(
                     "on a Redis Cluster, a streaming publish with an Idempotency-Key "
                     "publishes to one topic"
