@@ -56,7 +56,7 @@ def config_schema() -> dict[str, Any]:
         properties[camel(name)] = prop
     return {
         "type": "object",
-        "description": "HERALD_* settings of the service and the workers (README: Configuration).",
+        "description": "HERALD_* settings of the service and the workers (docs: Configuration).",
         "additionalProperties": False,
         "properties": properties,
     }

@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/demo_screenshot.py docs/demo.png
 
-The README's picture of the demo page comes from this script.
+The picture of the demo page in the README and the docs comes from this script.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ drops a connection whose server answers READONLY. Herald adds:
 - Answers that say "this server cannot serve as the primary now" (NOREPLICAS,
   UNBLOCKED, MASTERDOWN) drop the connection too, so the next one asks the sentinels.
   A failed-over primary that keeps running answers NOREPLICAS when it runs with
-  `min-replicas-to-write` (README: Redis deployments).
+  `min-replicas-to-write` (docs/operations/redis.md).
 - A connection open to a server other than the primary Sentinel last named is
   reopened before its next command (redis-py closes only the idle ones).
 - When any connection learns that the primary moved, the hub readers blocked on the

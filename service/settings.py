@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description="Redis URL: redis:// or rediss:// (one server), redis+sentinel:// or "
-        "redis+cluster:// (README: Redis deployments). Unset: in-process fakeredis, one process.",
+        "redis+cluster:// (docs: Redis deployments). Unset: in-process fakeredis, one process.",
     )
     host: str = Field(default="127.0.0.1", description="Address `herald serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `herald serve` listens on.")
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=False,
         description="A log line per request (uvicorn's access log). Off: it costs a "
-        "publish about a third more CPU (README: Performance).",
+        "publish about a third more CPU (docs: Performance).",
     )
     shutdown_timeout_seconds: float = Field(
         default=10.0, gt=0, description="On SIGTERM, the most time given to streams to end."
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         "before the next, so that entries arriving meanwhile come in one read; 0: at once.",
     )
     # Every read sends all its topics' keys and ids, so a smaller chunk lowers latency
-    # and a larger one Redis commands per event (measured in the README).
+    # and a larger one Redis commands per event (measured in docs/performance.md).
     reader_chunk: int = Field(
         default=500, ge=1, description="Most topics one hub reader connection follows."
     )

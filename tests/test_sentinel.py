@@ -2,7 +2,7 @@
 sentinels from Debian's `redis-server`, and Herald processes with
 `HERALD_REDIS_URL=redis+sentinel://…/herald`.
 
-As README: Redis deployments advises, Herald waits for every replica
+As docs/operations/redis.md advises, Herald waits for every replica
 (`HERALD_PUBLISH_REPLICAS`) and the servers take writes only while every replica
 follows them (`min-replicas-to-write`): a primary cut off by a failover then refuses
 writes rather than storing events that the failover discards.

@@ -1,5 +1,5 @@
 """Relaying an OpenAI-compatible streaming answer: a fake upstream on a real socket, Redis,
-`herald serve`, `herald worker typewriter`, and the README's backend recipe, all real.
+`herald serve`, `herald worker typewriter`, and the docs' backend recipe, all real.
 
 The fake upstream speaks HTTP/1.1 by hand so that it can do what real ones do on a bad
 day: send the stream in pieces cut anywhere (mid-line, mid-character), answer 401 or 500,
@@ -481,13 +481,13 @@ def test_an_upstream_without_a_model_says_what_to_set() -> None:
     assert "HERALD_TYPEWRITER_UPSTREAM_URL needs HERALD_TYPEWRITER_MODEL" in done.stderr
 
 
-# --------------------------------------------------------------------------- the README's recipe
+# --------------------------------------------------------------------------- the docs' recipe
 
 
-def readme_recipe() -> str:
-    """The Python block of the README's "Relay an LLM answer from your backend"."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Relay an LLM answer from your backend", 1)[1]
+def docs_recipe() -> str:
+    """The Python block of the docs' "Relay an LLM answer from your backend"."""
+    page = (ROOT / "docs" / "guide" / "workers.md").read_text(encoding="utf-8")
+    section = page.split("## Relay an LLM answer from your backend", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match is not None
     return match.group(1)
@@ -495,7 +495,7 @@ def readme_recipe() -> str:
 
 def start_backend(directory: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """The recipe, saved as `backend.py` in `directory`, under uvicorn on `port`."""
-    (directory / "backend.py").write_text(readme_recipe(), encoding="utf-8")
+    (directory / "backend.py").write_text(docs_recipe(), encoding="utf-8")
     with (directory / "backend.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(port)],
