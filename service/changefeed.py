@@ -146,7 +146,10 @@ class NodeFeed:
                 self.failing = True
             finally:
                 await _close(client)
-            await self._on_failure()
+            try:
+                await self._on_failure()
+            except REDIS_DOWN as exc:
+                log.debug("change feed of %s: the topology is unknown for now: %s", self.node, exc)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, _BACKOFF_MAX)
 

@@ -47,6 +47,7 @@ class FeedReader:
         self._wake = asyncio.Event()
         self._readers: dict[str, StreamReader] = {}
         self._failing_since: float | None = None
+        self._subscribed: set[str] = set()
         self._feed = ChangeFeed(store.notification_nodes, self, self._nodes_moved)
         self._feed.reconcile()
         self._task = asyncio.create_task(self._run(), name="herald-feed-reader")
@@ -61,6 +62,10 @@ class FeedReader:
             self._wake.set()
 
     def lost(self, node: str) -> None:
+        if node in self._subscribed:
+            # The feed of `node` came back after a failure (e.g. on a new primary).
+            self._metrics.redis_reconnects.inc()
+        self._subscribed.add(node)
         self._changed.update(self.topics)
         self._wake.set()
 
@@ -158,7 +163,8 @@ class FeedReader:
             replies = await reader.read_now(args, self._count)
         except REDIS_DOWN as exc:
             self._changed.update(t.key for batch in batches for t in batch)
-            await reader.recover()
+            with contextlib.suppress(*REDIS_DOWN):
+                await reader.recover()
             return exc
         failure: Exception | None = None
         for batch, reply in zip(batches, replies, strict=True):
@@ -180,7 +186,8 @@ class FeedReader:
             self._metrics.reader_lag.labels(reader.node).set(lag)
 
     async def _nodes_moved(self) -> None:
-        await self._store.nodes_moved()
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._store.nodes_moved()
         self._feed.reconcile()
         for name in [n for n in self._readers if n not in self._store.notification_nodes()]:
             await self._readers.pop(name).reset()
