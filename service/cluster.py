@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as redis
@@ -107,6 +108,33 @@ class ClusterStore(Store):
 
     def reader(self, key: bytes) -> StreamReader:
         return SlotReader(self, key)
+
+    def notification_nodes(self) -> dict[str, connections.ClientFactory]:
+        """Every primary of the slot map: keyspace notifications are node-local."""
+        return {
+            node.name: partial(self._node_connection, node.name, None)
+            for node in self._cluster.get_primaries()
+        }
+
+    def node_of(self, key: bytes) -> str:
+        return str(self.primary_of(key).name)
+
+    def node_reader(self, node: str) -> StreamReader:
+        return NodeReader(self, node)
+
+    async def nodes_moved(self) -> None:
+        await self.refresh()
+
+    def _node_connection(self, node_name: str, socket_timeout: float | None) -> redis.Redis:
+        """A client on one connection of its own to `node_name`."""
+        host, _, port = node_name.rpartition(":")
+        return redis.Redis(
+            host=host,
+            port=int(port),
+            retry=Retry(NoBackoff(), 0),
+            single_connection_client=True,
+            **_credentials(self._target, socket_timeout or self._settings.redis_timeout_seconds),
+        )
 
     async def publish(self, events: Entries, retention: int) -> list[str]:
         """XADD each event on its node; every event's fate is reported."""
@@ -312,6 +340,25 @@ class SlotReader(StreamReader):
                 settings.reader_block_ms / 1000 + connections.READ_MARGIN_SECONDS,
             ),
         )
+
+    async def recover(self) -> None:
+        await self.reset()
+        await self._store.refresh()
+
+
+class NodeReader(StreamReader):
+    """The change feed's non-blocking reads on one node (one XREAD per slot)."""
+
+    def __init__(self, store: ClusterStore, node_name: str) -> None:
+        self._store = store
+        self._node_name = node_name
+        super().__init__(
+            partial(store._node_connection, node_name, None), store.node_client(node_name)
+        )
+
+    @property
+    def node(self) -> str:
+        return self._node_name
 
     async def recover(self) -> None:
         await self.reset()

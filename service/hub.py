@@ -1,8 +1,16 @@
 """The hub: one process-wide reader of all active topics, fanning entries out to subscribers.
 
-Redis work does not grow with subscribers: each topic is read by exactly one reader
-loop (one XREAD BLOCK connection per `reader_chunk` topics), every entry is encoded
-to SSE bytes once, and the same bytes are written to every subscriber's stream.
+Redis work does not grow with subscribers: each topic is read by exactly one reader,
+every entry is encoded to SSE bytes once (`service.delivery`), and the same bytes are
+written to every subscriber's stream. The hub reads in one of two modes, chosen at the
+first subscribe (`HERALD_CHANGE_FEED`):
+
+- notifications: Redis keyspace notifications name the streams that got entries, and
+  `FeedReader` reads only those (`service.changefeed`, `service.feedreader`): Redis work
+  per event does not grow with the number of topics either;
+- blocking: one XREAD BLOCK loop (`Reader`) per `reader_chunk` topics (per slot on a
+  Cluster), for servers that will not send notifications.
+
 The hub also sends the heartbeats and ends every stream when the server stops.
 """
 
@@ -15,50 +23,22 @@ import time
 
 from prometheus_client import Gauge
 
-from service import keys, shutdown
-from service.cursor import StreamId, format_stream_id
-from service.direct import chunk
+from service import changefeed, keys, shutdown
+from service.cursor import StreamId
+from service.delivery import Topic, deliver
 from service.errors import REDIS_DOWN
+from service.feedreader import FeedReader
 from service.metrics import Metrics
 from service.settings import Settings
-from service.sse import Frame, encode_entry
-from service.store import Arg, Store, StreamReader, XreadReply, encode_arg
+from service.store import Arg, Store, StreamReader, XreadReply
 from service.subscriber import Ended, Subscriber
 
 log = logging.getLogger("herald")
 
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
-# Deliveries between two yields to the event loop: a broadcast to thousands of
-# streams must not hold up publishes, whose entries the next read then takes together.
-_DELIVERIES_PER_SLICE = 256
 # How often the hub checks for a shutdown; heartbeats go out every few ticks.
 _TICK_SECONDS = 0.5
-
-
-class Topic:
-    """A topic some local subscriber follows, and how far the hub has read it."""
-
-    __slots__ = (
-        "key",
-        "key_arg",
-        "name",
-        "position",
-        "position_arg",
-        "reader",
-        "slot",
-        "subscribers",
-    )
-
-    def __init__(self, name: str, position: StreamId, reader: Reader) -> None:
-        self.name = name
-        self.key = keys.stream_key(name)
-        self.position = position
-        self.key_arg = encode_arg(self.key)
-        self.position_arg = encode_arg(format_stream_id(position).encode())
-        self.reader = reader
-        self.slot = 0
-        self.subscribers: set[Subscriber] = set()
 
 
 class Hub:
@@ -77,6 +57,9 @@ class Hub:
         """Counts subscribes and unsubscribes, so presence knows when counts changed."""
         self._ticker: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._feed: FeedReader | None = None
+        self.mode: str | None = None
+        """How the hub reads: "notifications" or "blocking"; None until the first subscribe."""
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -84,6 +67,8 @@ class Hub:
         for reader in self._readers:
             await reader.stop()
         self._readers.clear()
+        if self._feed is not None:
+            await self._feed.stop()
 
     def end_all(self, why: Ended) -> None:
         for subscriber in list(self._subscribers):
@@ -101,7 +86,8 @@ class Hub:
     @property
     def healthy(self) -> bool:
         """Every reader loop is running and its last read reached Redis."""
-        return all(reader.healthy for reader in self._readers)
+        feed_ok = self._feed is None or self._feed.healthy
+        return feed_ok and all(reader.healthy for reader in self._readers)
 
     async def subscribe(self, subscriber: Subscriber) -> dict[str, StreamId]:
         """Register `subscriber`; it gets every entry after the returned positions."""
@@ -112,6 +98,8 @@ class Hub:
             self._joining += 1
             try:
                 async with self._join_lock:
+                    if self.mode is None:
+                        await self._choose_mode()
                     missing = [name for name in names if name not in self._topics]
                     if missing:
                         positions = await self._store.last_generated_ids(missing)
@@ -165,8 +153,33 @@ class Hub:
                 for subscriber in self._subscribers:
                     subscriber.heartbeat()
 
+    async def _choose_mode(self) -> None:
+        """Read with the change feed where the setting and the server allow it."""
+        setting = self._settings.change_feed
+        mode = "blocking"
+        if setting != "off":
+            try:
+                await changefeed.probe(self._store.notification_nodes())
+                mode = "notifications"
+            except changefeed.Unsupported as exc:
+                if setting == "notifications" and not exc.known_off:
+                    log.warning("%s; trusting that Redis sends keyspace notifications", exc)
+                    mode = "notifications"
+                else:
+                    log.info("%s", exc)
+        if mode == "notifications":
+            self._feed = FeedReader(self._store, self._settings, self._metrics)
+            log.info("hub reads the topics Redis keyspace notifications name (change feed)")
+        else:
+            log.info("hub reads every followed topic with XREAD BLOCK (no change feed)")
+        self.mode = mode
+
     def _drop_topic(self, topic: Topic) -> None:
         reader = topic.reader
+        if reader is None:
+            assert self._feed is not None
+            self._feed.remove(topic)
+            return
         reader.remove(topic)
         # On a Cluster a reader serves one slot: an idle one would hold a connection for
         # every slot ever followed.
@@ -177,6 +190,12 @@ class Hub:
             stopping.add_done_callback(self._stopping.discard)
 
     def _add_topic(self, name: str, position: StreamId) -> None:
+        if self._feed is not None:
+            topic = Topic(name, position, None)
+            self._topics[name] = topic
+            self._feed.add(topic)
+            self._metrics.topics.set(len(self._topics))
+            return
         key = keys.stream_key(name)
         group = self._store.group_of(key)
         reader = next(
@@ -309,39 +328,11 @@ class Reader:
         await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
 
     async def _dispatch(self, reply: XreadReply) -> None:
-        delivered = 0
-        newest_ms = 0
-        for key, entries in reply:
-            topic = self.topics.get(key)
-            if topic is None:
-                continue
-            position = topic.position
-            frames: list[Frame] = []
-            for raw_id, fields in entries:
-                frame = encode_entry(raw_id, fields)
-                if frame.sid > position:
-                    frames.append(frame)
-                    position = frame.sid
-            if not frames:
-                continue
-            # Moved before delivering: a subscriber that joins while this batch is
-            # being delivered starts after it (and replays it if it resumes).
-            topic.position = position
-            newest_ms = max(newest_ms, position[0])
-            topic.position_arg = encode_arg(entries[-1][0])
-            if self._keys is not None:
-                self._ids[topic.slot] = topic.position_arg
-            self._metrics.entries_read.inc(len(frames))
-            joined = b"".join([f.data for f in frames])
-            framed = chunk(joined)
-            subscribers = list(topic.subscribers)
-            for start in range(0, len(subscribers), _DELIVERIES_PER_SLICE):
-                if start:
-                    await asyncio.sleep(0)
-                for subscriber in subscribers[start : start + _DELIVERIES_PER_SLICE]:
-                    subscriber.push(topic.name, frames, joined, framed)
-            delivered += len(frames) * len(subscribers)
-        self._metrics.deliveries.inc(delivered)
+        newest_ms = await deliver(reply, self.topics, self._metrics)
+        if self._keys is not None:
+            for key, _ in reply:
+                if (topic := self.topics.get(key)) is not None:
+                    self._ids[topic.slot] = topic.position_arg
         if newest_ms:
             self._lag_gauge().set(max(time.time() - newest_ms / 1000, 0.0))
 

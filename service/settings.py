@@ -152,14 +152,26 @@ class Settings(BaseSettings):
     read_count: int = Field(
         default=1000, ge=1, description="Most entries per topic one hub XREAD returns."
     )
+    change_feed: Literal["auto", "notifications", "off"] = Field(
+        default="auto",
+        description="How the hub learns which topics got entries. notifications: Redis "
+        "keyspace notifications (enabled with CONFIG SET, added to the flags set; where "
+        "CONFIG is refused the server is trusted to have them), and the hub reads only those "
+        "topics; off: XREAD BLOCK over every followed topic; auto: notifications where CONFIG "
+        "SET is allowed, else off.",
+    )
     reader_block_ms: int = Field(
-        default=5000, ge=10, description="XREAD BLOCK time of the hub reader."
+        default=5000,
+        ge=10,
+        description="XREAD BLOCK time of the hub reader; with the change feed, how often "
+        "every followed topic is read all the same.",
     )
     reader_coalesce_ms: float = Field(
         default=2.0,
         ge=0,
-        description="After a read that returned entries, how long the hub reader waits "
-        "before the next, so that entries arriving meanwhile come in one read; 0: at once.",
+        description="After a read that returned entries (with the change feed: after any "
+        "read), how long the hub reader waits before the next, so that entries arriving "
+        "meanwhile come in one read; 0: at once.",
     )
     # Every read sends all its topics' keys and ids, so a smaller chunk lowers latency
     # and a larger one Redis commands per event (measured in docs/performance.md).

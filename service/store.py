@@ -481,6 +481,22 @@ class Store:
         """A blocking-read connection for the group of stream `key`."""
         return StreamReader(self._new_reader_client, self._client)
 
+    def notification_nodes(self) -> dict[str, connections.ClientFactory]:
+        """The nodes whose writes the change feed hears of, each with a factory of
+        single connections to it (through Sentinel: cut off when the primary moves)."""
+        return {"redis": self._new_reader_client}
+
+    def node_of(self, key: bytes) -> str:
+        """The name `notification_nodes` gives the node that holds stream `key`."""
+        return "redis"
+
+    def node_reader(self, node: str) -> StreamReader:
+        """A connection for the change feed's reads (`StreamReader.read_now`) on `node`."""
+        return StreamReader(self._new_reader_client, self._client)
+
+    async def nodes_moved(self) -> None:
+        """A read failed or was redirected: learn again which node holds what."""
+
 
 async def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
     """Run a pipeline of writes on a connection opened beforehand.
@@ -537,6 +553,36 @@ class StreamReader:
             (key, [(entry_id, _fields(values)) for entry_id, values in entries])
             for key, entries in reply
         ]
+
+    async def read_now(
+        self, groups: Sequence[tuple[Sequence[Arg], Sequence[Arg]]], count: int
+    ) -> list[XreadReply | ResponseError]:
+        """One XREAD COUNT `count` STREAMS (no BLOCK) per (keys, ids) group, sent in one
+        write: each group's entries, or the error Redis answered for it (a Cluster's
+        MOVED for a slot that left the node)."""
+        connection = await self._connection()
+        packed = [
+            b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$7\r\nSTREAMS\r\n%s%s"
+            % (4 + 2 * len(keys), encode_arg(b"%d" % count), b"".join(keys), b"".join(ids))
+            for keys, ids in groups
+        ]
+        await connection.send_packed_command(packed, False)
+        replies: list[XreadReply | ResponseError] = []
+        for _ in groups:
+            try:
+                reply: Any = await connection.read_response()
+            except ResponseError as exc:
+                replies.append(exc)
+                continue
+            if isinstance(reply, dict):  # RESP3
+                reply = reply.items()
+            replies.append(
+                [
+                    (key, [(entry_id, _fields(values)) for entry_id, values in entries])
+                    for key, entries in reply or ()
+                ]
+            )
+        return replies
 
     async def _connection(self) -> Any:
         # A connection redis-py reopened by itself would have a new client id, which

@@ -504,3 +504,37 @@ async def test_streaming_publishes_and_topic_expiry_work_on_every_shard(
             assert 0 < node.pttl(f"herald:stream:{topic}") <= 606_000
     with redis.Redis(port=cluster.primary_of("s.0")) as node:
         assert node.xlen("herald:stream:s.0") == 3 + 5 + 5
+
+
+async def test_entries_xadded_directly_on_every_shard_arrive_through_the_change_feed(
+    cluster: Cluster, heralds: HeraldLauncher
+) -> None:
+    topics: dict[int, str] = {}
+    for i in range(100):
+        topics.setdefault(cluster.primary_of(f"d.{i}"), f"d.{i}")
+    names = sorted(topics.values())
+    victim = cluster.primary_of(names[0])
+    # Only a notification makes the hub read within the test: its sweep waits a minute.
+    app = heralds(HERALD_READER_BLOCK_MS=60_000)
+    producer = redis.RedisCluster(host="127.0.0.1", port=cluster.live()[0].port, socket_timeout=2)
+
+    def xadd_all(n: int) -> None:
+        for topic in names:
+            data = json.dumps({"topic": topic, "n": n})
+            producer.xadd(f"herald:stream:{topic}", {"event": "seq", "data": data})
+
+    async with httpx.AsyncClient(timeout=30) as client, live(client, app.url, names) as stream:
+        xadd_all(0)
+        assert by_topic(await stream.collect(3, timeout=30)) == {t: [0] for t in names}
+        xadd_all(1)
+        assert by_topic(await stream.collect(3, timeout=30)) == {t: [1] for t in names}
+        # A failover: the change feed follows the new primary, and misses nothing there.
+        cluster.kill(victim)
+        await asyncio.to_thread(cluster.wait_ok, False)
+        producer.nodes_manager.initialize()
+        xadd_all(2)
+        assert by_topic(await stream.collect(3, timeout=30)) == {t: [2] for t in names}
+        cluster.restart(victim)
+        await asyncio.to_thread(cluster.wait_ok)
+    producer.close()
+    assert "keyspace notifications" in app.logs()
