@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from service import __version__, errors, openapi, routes
+from service import __version__, errors, keys, mercure, mercure_sse, openapi, routes
 from service.auth import Authenticator
 from service.cluster import ClusterStore
 from service.context import Context
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         store.on_append_round_trip = metrics.append_round_trips.inc
         if isinstance(store, ClusterStore):
             store.on_refresh = metrics.topology_refreshes.inc
-        hub = Hub(store, settings, metrics)
+        hub = Hub(store, settings, metrics, {keys.MERCURE_TOPIC: mercure_sse.encode_entry})
         presence = Presence(store, hub, settings)
         presence.start()
         demo = _start_demo(store, settings) if settings.demo else None
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(mercure.router)
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 
 from prometheus_client import Gauge
 
@@ -21,7 +22,7 @@ from service.direct import chunk
 from service.errors import REDIS_DOWN
 from service.metrics import Metrics
 from service.settings import Settings
-from service.sse import Frame, encode_entry
+from service.sse import Encode, Frame, encode_entry
 from service.store import Arg, Store, StreamReader, XreadReply, encode_arg
 from service.subscriber import Ended, Subscriber
 
@@ -40,6 +41,7 @@ class Topic:
     """A topic some local subscriber follows, and how far the hub has read it."""
 
     __slots__ = (
+        "encode",
         "key",
         "key_arg",
         "name",
@@ -50,8 +52,9 @@ class Topic:
         "subscribers",
     )
 
-    def __init__(self, name: str, position: StreamId, reader: Reader) -> None:
+    def __init__(self, name: str, position: StreamId, reader: Reader, encode: Encode) -> None:
         self.name = name
+        self.encode = encode
         self.key = keys.stream_key(name)
         self.position = position
         self.key_arg = encode_arg(self.key)
@@ -62,8 +65,16 @@ class Topic:
 
 
 class Hub:
-    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        encoders: Mapping[str, Encode] | None = None,
+    ) -> None:
         self._store = store
+        self._encoders = dict(encoders or {})
+        """How entries of particular topics become frames; `encode_entry` for the rest."""
         self._settings = settings
         self._metrics = metrics
         self._topics: dict[str, Topic] = {}
@@ -95,8 +106,12 @@ class Hub:
         return len(self._subscribers) + self._joining
 
     def counts(self) -> dict[str, int]:
-        """Local subscribers per topic."""
-        return {name: len(topic.subscribers) for name, topic in self._topics.items()}
+        """Local subscribers per topic (Herald's own internal topics left out)."""
+        return {
+            name: len(topic.subscribers)
+            for name, topic in self._topics.items()
+            if not keys.internal(name)
+        }
 
     @property
     def healthy(self) -> bool:
@@ -190,7 +205,7 @@ class Hub:
         if reader is None:
             reader = Reader(self._store.reader(key), group, self._settings, self._metrics)
             self._readers.append(reader)
-        topic = Topic(name, position, reader)
+        topic = Topic(name, position, reader, self._encoders.get(name, encode_entry))
         self._topics[name] = topic
         reader.add(topic)
         self._metrics.topics.set(len(self._topics))
@@ -318,7 +333,7 @@ class Reader:
             position = topic.position
             frames: list[Frame] = []
             for raw_id, fields in entries:
-                frame = encode_entry(raw_id, fields)
+                frame = topic.encode(raw_id, fields)
                 if frame.sid > position:
                     frames.append(frame)
                     position = frame.sid
