@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import PlainTextResponse, Response
 
-from service import context, keys, sse
+from service import context, keys, publishing, sse
 from service.context import Context
 from service.cursor import ZERO, StreamId
 from service.errors import HeraldError, Unavailable
@@ -36,7 +36,6 @@ from service.mercure_form import first, parse_matchers, parse_pairs, parse_updat
 from service.mercure_ids import EARLIEST, decode_hub_id, hub_id, hub_id_of
 from service.mercure_match import FALLBACK_HUB_URL, Matcher, any_matches
 from service.mercure_sse import MercureSubscriber, encode_entry
-from service.publishing import read_body
 from service.replay import WriteFrame, is_trimmed
 from service.settings import Settings
 from service.subscriber import Framer
@@ -106,10 +105,12 @@ async def publish(ctx: Context, request: Request) -> Response:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != FORM:
         raise UnsupportedMediaType(f"a Mercure update is sent as {FORM}")
-    body = await read_body(request, ctx.settings.max_body_bytes)
+    body = await publishing.read_body(request, ctx.settings.max_body_bytes)
     update = parse_update(parse_pairs(body), ctx.settings.max_event_bytes, hub.path)
     if not grant.may_publish(update.topics, hub.base):
         raise InsufficientScope("the token may not publish to every topic", hub.metadata_url)
+    # Mercure tokens name no publisher Herald counts by: the client's address does.
+    publishing.check_rate(ctx, request, None, 1)
     entry_id = await ctx.store.publish_mercure(
         update.fields(), update.id, ctx.settings.mercure_retention
     )

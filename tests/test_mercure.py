@@ -397,3 +397,14 @@ def test_a_private_update_published_on_one_replica_reaches_a_browser_on_another(
         assert page.evaluate("window.received") == [["p-1", "for your eyes"]]
     finally:
         context.close()
+
+
+async def test_mercure_publishes_count_against_the_publish_rate(herald: Any) -> None:
+    app: Herald = herald(
+        **SETTINGS, HERALD_PUBLISH_RATE="0.001", HERALD_PUBLISH_BURST="1", HERALD_MAX_BATCH="1"
+    )
+    async with httpx.AsyncClient() as client:
+        assert (await publish(client, app.url, topic="a", data="1")).status_code == 200
+        refused = await publish(client, app.url, topic="a", data="2")
+        assert refused.status_code == 429
+        assert "retry-after" in refused.headers
