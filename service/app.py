@@ -15,6 +15,7 @@ from service.cluster import ClusterStore
 from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
+from service.mercure_subscriptions import Registry
 from service.metrics import Metrics
 from service.presence import Presence
 from service.ratelimit import RateLimiter
@@ -58,12 +59,18 @@ def create_app(settings: Settings | None = None) -> Edge:
             if settings.publish_rate > 0
             else None
         )
+        registry = None
+        if settings.mercure_subscriptions:
+            registry = Registry(store, settings.presence_seconds, settings.mercure_retention)
+            registry.start()
         app.state.herald = Context(
-            settings, store, hub, metrics, Authenticator.of(settings), limiter
+            settings, store, hub, metrics, Authenticator.of(settings), limiter, registry
         )
         try:
             yield
         finally:
+            if registry is not None:
+                await registry.stop()
             if demo is not None:
                 await demo.stop()
             await presence.stop()

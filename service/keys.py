@@ -19,6 +19,15 @@ MERCURE_ORDER = b"herald:mercure-order:{mercure}"
 """Sorted set of the ids in MERCURE_IDS, scored by their entry's millisecond, for trimming."""
 
 
+MERCURE_SUBSCRIBERS = b"herald:mercure-subs:{mercure}"
+"""Sorted set: every replica that reports Mercure subscriptions, scored by when it expires."""
+
+
+def mercure_subscriptions(replica: str) -> bytes:
+    """Hash of one replica's active Mercure subscriptions (id -> JSON document)."""
+    return MERCURE_SUBSCRIBERS + b":" + replica.encode()
+
+
 def internal(topic: str) -> bool:
     """Topics of Herald's own making (the Mercure stream), never a user's."""
     return topic.startswith("{")

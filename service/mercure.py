@@ -9,17 +9,20 @@ replay and shutdown are the same as `/events`'.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from service import context, keys, publishing, sse
 from service.context import Context
 from service.cursor import ZERO, StreamId
-from service.errors import HeraldError, Unavailable
+from service.errors import HeraldError, NotFound, Unavailable
 from service.mercure_auth import (
     ANONYMOUS,
     COOKIES,
@@ -36,6 +39,7 @@ from service.mercure_form import first, parse_matchers, parse_pairs, parse_updat
 from service.mercure_ids import EARLIEST, decode_hub_id, hub_id, hub_id_of
 from service.mercure_match import FALLBACK_HUB_URL, Matcher, any_matches
 from service.mercure_sse import MercureSubscriber, encode_entry
+from service.mercure_subscriptions import Subscription, SubscriptionQuery, subscriptions_of
 from service.replay import WriteFrame, is_trimmed
 from service.settings import Settings
 from service.subscriber import Framer
@@ -169,8 +173,21 @@ async def subscribe(ctx: Context, request: Request) -> Response:
         MercureAccepts(tuple(matchers), grant, hub.base),
         grant.expires_at,
     )
-    live_from = await ctx.hub.subscribe(subscriber)
-    return MercureStream(ctx, subscriber, start, live_from, headers)
+    subscriptions = []
+    registry = ctx.mercure_subscriptions
+    if registry is not None:
+        # Announced before the hub follows the subscriber: it does not hear of itself.
+        subscriptions = subscriptions_of(matchers, grant, hub.path, hub.base)
+        await registry.opened(subscriptions)
+    try:
+        live_from = await ctx.hub.subscribe(subscriber)
+    except BaseException:
+        if registry is not None:
+            await registry.closed(subscriptions)
+        raise
+    stream = MercureStream(ctx, subscriber, start, live_from, headers)
+    stream.subscriptions = subscriptions
+    return stream
 
 
 async def _resume_point(ctx: Context, requested: str) -> tuple[StreamId, str]:
@@ -211,6 +228,16 @@ class MercureStream(SubscriptionStream):
 
     encode = staticmethod(encode_entry)
     announce_trimmed = False
+    subscriptions: list[Subscription] = []  # noqa: RUF012
+    """Its active subscriptions, announced as ended when the stream ends."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            registry = self._ctx.mercure_subscriptions
+            if registry is not None and self.subscriptions:
+                await asyncio.shield(registry.closed(self.subscriptions))
 
     def _opening(self) -> bytes:
         opening = sse.retry(self._ctx.settings.retry_ms)
@@ -244,4 +271,43 @@ async def metadata(request: Request) -> JSONResponse:
             "mercure_cookie": COOKIES[0],
             "mercure_matcher_types_supported": ["exact", "urlpattern"],
         }
+        | ({"mercure_subscriptions": True} if ctx.settings.mercure_subscriptions else {})
     )
+
+
+@router.get(PATH + "/subscriptions{rest:path}", summary="Mercure: active subscriptions")
+async def subscriptions(request: Request) -> Response:
+    """The subscription API: every replica's active subscriptions, or those of one matcher,
+    or one; with the cursor to follow their events from in the `Link` header."""
+    ctx = context.of(request)
+    registry = ctx.mercure_subscriptions
+    if registry is None:
+        raise NotFound("active subscriptions are off here (HERALD_MERCURE_SUBSCRIPTIONS)")
+    hub = Hub.of(ctx.settings, request)
+    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    path = path.partition("?")[0]
+    query = SubscriptionQuery.parse(path.removeprefix(hub.path + "/subscriptions"))
+    grant = _subscriber(ctx, request, hub)
+    if ctx.settings.jwt_key is not None and not grant.may_read((path,), hub.base):
+        if grant.anonymous:
+            raise TokenRequired("the subscription API needs a Mercure token", hub.metadata_url)
+        raise InsufficientScope(f"the token may not read {path}", hub.metadata_url)
+    # The cursor first: a change it does not cover is in the list that follows.
+    info = await ctx.store.stream_info(keys.MERCURE_TOPIC)
+    cursor = hub_id(info.last_generated_id) if info.entries_added else EARLIEST
+    documents = [json.loads(d) for d in await ctx.store.mercure_subscriptions()]
+    etag = '"' + cursor + '"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "must-revalidate",
+        "Link": hub.link(cursor) + '; type="mercure"; content-type="application/json"',
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    selected = [d for d in documents if query.selects(d)]
+    if query.subscriber is not None:
+        if not selected:
+            raise NotFound("no such active subscription")
+        return JSONResponse(selected[0], headers=headers)
+    collection = {"id": path, "type": "subscriptions", "subscriptions": selected}
+    return JSONResponse(collection, headers=headers)

@@ -90,6 +90,10 @@ class Grant:
     subscribe: tuple[Matcher, ...] = ()
     expires_at: float | None = None
     anonymous: bool = field(default=False, compare=False)
+    payloads: tuple[tuple[tuple[Matcher, ...], Any], ...] = field(default=(), compare=False)
+    """Each subscribe detail's topics and payload (None: it has none), in the token's order."""
+    payload: Any = field(default=None, compare=False)
+    """v0's `mercure.payload`, for every subscription."""
 
     def may_publish(self, topics: Iterable[str], base: str) -> bool:
         """Every topic of an update needs a publish grant."""
@@ -98,6 +102,14 @@ class Grant:
     def may_read(self, topics: Iterable[str], base: str) -> bool:
         """A private update needs a subscribe grant on one of its topics."""
         return any_matches(self.subscribe, topics, base)
+
+    def payload_for(self, subscription: Matcher, base: str) -> Any:
+        """The payload of the first subscribe detail whose topics match the subscription's
+        own matcher string (as if it were a topic); else v0's payload."""
+        for matchers, payload in self.payloads:
+            if any_matches(matchers, (subscription.pattern,), base):
+                return payload
+        return self.payload
 
 
 ANONYMOUS = Grant(anonymous=True)
@@ -165,6 +177,7 @@ class MercureAuthenticator:
             publish=self._selectors(mercure.get("publish"), "publish"),
             subscribe=self._selectors(mercure.get("subscribe"), "subscribe"),
             expires_at=_expiry(claims),
+            payload=mercure.get("payload"),
         )
 
     def _selectors(self, selectors: object, action: str) -> tuple[Matcher, ...]:
@@ -189,6 +202,7 @@ class MercureAuthenticator:
             raise ValueError(f"authorization_details must be a list of at most {MAX_DETAILS}")
         publish: list[Matcher] = []
         subscribe: list[Matcher] = []
+        payloads: list[tuple[tuple[Matcher, ...], Any]] = []
         for detail in details:
             if not isinstance(detail, dict):
                 raise ValueError("each authorization detail must be an object")
@@ -206,9 +220,10 @@ class MercureAuthenticator:
                 publish.extend(matchers)
             if "subscribe" in actions:
                 subscribe.extend(matchers)
+                payloads.append((tuple(matchers), detail.get("payload")))
         if len(publish) + len(subscribe) > MAX_MATCHERS:
             raise ValueError(f"more than {MAX_MATCHERS} topic matchers")
-        return Grant(tuple(publish), tuple(subscribe), _expiry(claims))
+        return Grant(tuple(publish), tuple(subscribe), _expiry(claims), payloads=tuple(payloads))
 
     def _topics(self, topics: object) -> list[Matcher]:
         if not isinstance(topics, list) or not topics:

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         "mercure), the base of relative URL patterns and topics and the target of Link "
         "headers. Unset: Link targets follow each request's host.",
     )
+    mercure_subscriptions: bool = Field(
+        default=False,
+        description="Mercure: active subscriptions, announced as private `mercure` events "
+        "and listed at /.well-known/mercure/subscriptions (two Redis writes a connection).",
+    )
     mercure_retention: int = Field(
         default=100_000,
         ge=1,

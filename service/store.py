@@ -394,6 +394,57 @@ class Store:
         raw = await self._client_for(keys.MERCURE_IDS).hget(keys.MERCURE_IDS, publisher_id)
         return stream_id_of(raw.encode() if isinstance(raw, str) else raw) if raw else None
 
+    async def add_mercure_subscriptions(
+        self, replica: str, documents: Mapping[str, str], ttl_seconds: float
+    ) -> None:
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.hset(key, mapping=_hash(documents))
+        self._keep_reporting(pipe, replica, ttl_seconds)
+        await pipe.execute()
+
+    async def remove_mercure_subscriptions(self, replica: str, ids: Sequence[str]) -> None:
+        key = keys.mercure_subscriptions(replica)
+        await self._client_for(key).hdel(key, *ids)
+
+    async def report_mercure_subscriptions(
+        self, replica: str, documents: Mapping[str, str], ttl_seconds: float
+    ) -> None:
+        """Replace this replica's subscriptions; they vanish after `ttl_seconds` unless
+        reported again."""
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.delete(key)
+        if documents:
+            pipe.hset(key, mapping=_hash(documents))
+        self._keep_reporting(pipe, replica, ttl_seconds)
+        await pipe.execute()
+
+    def _keep_reporting(self, pipe: Pipeline, replica: str, ttl_seconds: float) -> None:
+        pipe.pexpire(keys.mercure_subscriptions(replica), max(1, int(ttl_seconds * 1000)))
+        pipe.zadd(keys.MERCURE_SUBSCRIBERS, {replica: time.time() + ttl_seconds})
+
+    async def withdraw_mercure_subscriptions(self, replica: str) -> None:
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.zrem(keys.MERCURE_SUBSCRIBERS, replica)
+        await pipe.execute()
+
+    async def mercure_subscriptions(self) -> list[str]:
+        """The JSON documents of every replica's active Mercure subscriptions."""
+        client = self._client_for(keys.MERCURE_SUBSCRIBERS)
+        pipe = client.pipeline(transaction=True)
+        pipe.zremrangebyscore(keys.MERCURE_SUBSCRIBERS, "-inf", time.time())
+        pipe.zrange(keys.MERCURE_SUBSCRIBERS, 0, -1)
+        _, replicas = await pipe.execute()
+        if not replicas:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for replica in replicas:
+            pipe.hvals(keys.mercure_subscriptions(_text(replica)))
+        return [_text(document) for values in await pipe.execute() for document in values]
+
     async def publish_and_mark(
         self,
         events: Sequence[tuple[str, str, str]],

@@ -7,11 +7,12 @@ reconnection with every kind of id, heartbeats, shutdown, CORS, and two replicas
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 import jwt
@@ -408,3 +409,93 @@ async def test_mercure_publishes_count_against_the_publish_rate(herald: Any) -> 
         refused = await publish(client, app.url, topic="a", data="2")
         assert refused.status_code == 429
         assert "retry-after" in refused.headers
+
+
+SUBSCRIPTIONS = f"{HUB}/subscriptions"
+EVENTS_OF_SUBSCRIPTIONS = f"{SUBSCRIPTIONS}/:match_type/:match/:subscriber"
+
+
+def watcher_token() -> str:
+    """Reads subscription events and the subscription API (and nothing else)."""
+    topics = [
+        {"match": SUBSCRIPTIONS},
+        {"match": f"{SUBSCRIPTIONS}/*", "match_type": "urlpattern"},
+    ]
+    detail = {"type": DETAIL_TYPE, "actions": ["subscribe"], "topics": topics}
+    claims = {"exp": int(time.time()) + 600, "authorization_details": [detail]}
+    return jwt.encode(claims, KEY, algorithm="HS256", headers={"typ": "at+jwt"})
+
+
+async def test_active_subscriptions_are_announced_and_listed_by_every_replica(herald: Any) -> None:
+    a: Herald = herald(**SETTINGS, HERALD_MERCURE_SUBSCRIPTIONS="true")
+    b: Herald = herald(**SETTINGS, HERALD_MERCURE_SUBSCRIPTIONS="true")
+    name = topic()
+    watcher = {"Authorization": f"Bearer {watcher_token()}"}
+    detail = {
+        "type": DETAIL_TYPE,
+        "actions": ["subscribe"],
+        "topics": [{"match": name}],
+        "payload": {"name": "Alice"},
+    }
+    claims = {"exp": int(time.time()) + 600, "authorization_details": [detail]}
+    alice = jwt.encode(claims, KEY, algorithm="HS256", headers={"typ": "at+jwt"})
+    async with httpx.AsyncClient() as client:
+        events = SSEStream(
+            client,
+            f"{a.url}{HUB}",
+            params={"match_urlpattern": EVENTS_OF_SUBSCRIPTIONS},
+            headers=watcher,
+        )
+        async with events:
+            subscribed = SSEStream(
+                client,
+                f"{b.url}{HUB}",
+                params={"match": name},
+                headers={"Authorization": f"Bearer {alice}"},
+            )
+            async with subscribed:
+                created = await events.next_event()
+                assert created.event == "mercure"
+                document = json.loads(created.data)
+                subscriber = document["subscriber"]
+                one = f"{SUBSCRIPTIONS}/exact/{quote(name, safe='')}/{quote(subscriber, safe='')}"
+                assert document == {
+                    "id": one,
+                    "type": "subscription",
+                    "match_type": "exact",
+                    "match": name,
+                    "subscriber": subscriber,
+                    "active": True,
+                    "payload": {"name": "Alice"},
+                }
+                listed = await client.get(f"{a.url}{SUBSCRIPTIONS}", headers=watcher)
+                assert listed.status_code == 200
+                assert document in listed.json()["subscriptions"]
+                link = listed.headers["link"]
+                assert 'rel="mercure"' in link and 'type="mercure"' in link
+                assert (await client.get(f"{a.url}{one}", headers=watcher)).json() == document
+                by_matcher = f"{SUBSCRIPTIONS}/exact/{quote(name, safe='')}"
+                assert (await client.get(f"{a.url}{by_matcher}", headers=watcher)).json()[
+                    "subscriptions"
+                ] == [document]
+                unchanged = await client.get(
+                    f"{a.url}{SUBSCRIPTIONS}",
+                    headers=watcher | {"If-None-Match": listed.headers["etag"]},
+                )
+                assert unchanged.status_code == 304
+            ended = json.loads((await events.next_event()).data)
+            assert ended == document | {"active": False}
+            assert (await client.get(f"{a.url}{one}", headers=watcher)).status_code == 404
+
+        assert (await client.get(f"{a.url}{SUBSCRIPTIONS}")).status_code == 401
+        others = {"Authorization": f"Bearer {token(subscribe=[name])}"}
+        assert (await client.get(f"{a.url}{SUBSCRIPTIONS}", headers=others)).status_code == 403
+
+
+async def test_without_the_setting_there_is_no_subscription_api(hub: Herald) -> None:
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{hub.url}{SUBSCRIPTIONS}")).status_code == 404
+        described = (
+            await client.get(f"{hub.url}/.well-known/oauth-protected-resource{HUB}")
+        ).json()
+        assert "mercure_subscriptions" not in described
