@@ -20,7 +20,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.mercure_auth import DETAIL_TYPE
-from tests.conftest import Herald, HeraldLauncher, RedisServer, metric, wait_until
+from tests.conftest import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    Herald,
+    HeraldLauncher,
+    RedisServer,
+    metric,
+    need_chromium,
+    wait_until,
+)
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration
@@ -345,9 +354,22 @@ async def _heartbeat(stream: SSEStream) -> bool:
     return bool(stream.comments)
 
 
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Chromium for one test: sync Playwright's loop must not outlive it, or the async
+    tests after it in this module would find a loop running."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    need_chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
 def test_a_private_update_published_on_one_replica_reaches_a_browser_on_another(
-    herald: Any, browser: Any
+    herald: Any, chromium: Any
 ) -> None:
+    browser = chromium
     publisher_side: Herald = herald(HERALD_JWT_KEY=KEY)
     browser_side: Herald = herald(HERALD_JWT_KEY=KEY)
     name = topic()
