@@ -185,9 +185,7 @@ async def subscribe(ctx: Context, request: Request) -> Response:
         if registry is not None:
             await registry.closed(subscriptions)
         raise
-    stream = MercureStream(ctx, subscriber, start, live_from, headers)
-    stream.subscriptions = subscriptions
-    return stream
+    return MercureStream(ctx, subscriber, start, live_from, headers, subscriptions)
 
 
 async def _resume_point(ctx: Context, requested: str) -> tuple[StreamId, str]:
@@ -228,8 +226,19 @@ class MercureStream(SubscriptionStream):
 
     encode = staticmethod(encode_entry)
     announce_trimmed = False
-    subscriptions: list[Subscription] = []  # noqa: RUF012
-    """Its active subscriptions, announced as ended when the stream ends."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        subscriber: MercureSubscriber,
+        start: dict[str, StreamId] | None,
+        live_from: dict[str, StreamId],
+        headers: dict[str, str],
+        subscriptions: list[Subscription],
+    ) -> None:
+        super().__init__(ctx, subscriber, start, live_from, headers)
+        self.subscriptions = subscriptions
+        """Its active subscriptions, announced as ended when the stream ends."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -284,9 +293,12 @@ async def subscriptions(request: Request) -> Response:
     if registry is None:
         raise NotFound("active subscriptions are off here (HERALD_MERCURE_SUBSCRIPTIONS)")
     hub = Hub.of(ctx.settings, request)
-    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-    path = path.partition("?")[0]
-    query = SubscriptionQuery.parse(path.removeprefix(hub.path + "/subscriptions"))
+    raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    rest = raw_path.partition("?")[0].removeprefix(PATH + "/subscriptions")
+    query = SubscriptionQuery.parse(rest)
+    # The resource as its events name it: under the hub's public path (behind a proxy's
+    # prefix, that is not the path Herald was asked for).
+    path = hub.path + "/subscriptions" + rest
     grant = _subscriber(ctx, request, hub)
     if ctx.settings.jwt_key is not None and not grant.may_read((path,), hub.base):
         if grant.anonymous:

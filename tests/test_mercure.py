@@ -521,3 +521,24 @@ async def test_without_the_setting_there_is_no_subscription_api(hub: Herald) -> 
             await client.get(f"{hub.url}/.well-known/oauth-protected-resource{HUB}")
         ).json()
         assert "mercure_subscriptions" not in described
+
+
+async def test_a_publish_by_cookie_must_come_from_an_allowed_origin(herald: Any) -> None:
+    app: Herald = herald(HERALD_JWT_KEY=KEY, HERALD_CORS_ORIGINS='["https://app.example"]')
+    cookie = {
+        "Cookie": f"__Secure-mercure_access_token={PUBLISHER}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    url = f"{app.url}{HUB}"
+    async with httpx.AsyncClient() as client:
+        for origin, status in [
+            (None, 403),
+            ("https://evil.example", 403),
+            ("https://app.example", 200),
+            (app.url, 200),
+        ]:
+            headers = cookie | ({"Origin": origin} if origin else {})
+            answer = await client.post(url, content="topic=a&data=x", headers=headers)
+            assert answer.status_code == status, (origin, answer.text)
+        referred = cookie | {"Referer": f"{app.url}/page"}
+        assert (await client.post(url, content="topic=a", headers=referred)).status_code == 200
