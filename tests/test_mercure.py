@@ -7,7 +7,9 @@ reconnection with every kind of id, heartbeats, shutdown, CORS, and two replicas
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -30,7 +32,7 @@ from tests.conftest import (
     need_chromium,
     wait_until,
 )
-from tests.sse import SSEStream
+from tests.sse import SSEStream, parse
 
 pytestmark = pytest.mark.integration
 
@@ -542,3 +544,73 @@ async def test_a_publish_by_cookie_must_come_from_an_allowed_origin(herald: Any)
             assert answer.status_code == status, (origin, answer.text)
         referred = cookie | {"Referer": f"{app.url}/page"}
         assert (await client.post(url, content="topic=a", headers=referred)).status_code == 200
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 response, as far as it arrived."""
+    _, _, rest = raw.partition(b"\r\n\r\n")
+    body = b""
+    while rest:
+        size_line, found, rest = rest.partition(b"\r\n")
+        if not found or not size_line:
+            break
+        size = int(size_line, 16)
+        body += rest[:size]
+        rest = rest[size + 2 :]
+    return body
+
+
+async def test_a_mercure_subscriber_that_falls_behind_is_cut_off_and_resumes_without_a_gap(
+    herald: Any,
+) -> None:
+    app: Herald = herald(**SETTINGS, HERALD_SUBSCRIBER_BUFFER=20)
+    name = topic()
+    loop = asyncio.get_running_loop()
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    await loop.sock_connect(slow, ("127.0.0.1", app.port))
+    request = f"GET {HUB}?{urlencode({'match': name})} HTTP/1.1\r\nHost: herald\r\n\r\n"
+    await loop.sock_sendall(slow, request.encode())
+    received: list[bytes] = []
+
+    async def read_slowly() -> None:
+        # Far slower than the updates come: the hub's buffer for it overflows. The
+        # response ends with its last chunk (the connection itself stays open).
+        while not b"".join(received[-2:]).endswith(b"\r\n0\r\n\r\n"):
+            received.append(await loop.sock_recv(slow, 16384))
+            await asyncio.sleep(0.01)
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def subscribed(count: int) -> bool:
+                exposition = (await client.get(f"{app.url}/metrics")).text
+                return metric(exposition, "herald_subscribers") == count
+
+            await wait_until(lambda: subscribed(1), "the slow client subscribed")
+            reading = asyncio.create_task(read_slowly())
+            ids = []
+            for n in range(200):
+                answer = await publish(client, app.url, topic=name, data=f"{n:04} " + "x" * 60_000)
+                ids.append(answer.text)
+            await asyncio.wait_for(reading, 60)
+            overflows = metric(
+                (await client.get(f"{app.url}/metrics")).text, "herald_subscriber_overflows_total"
+            )
+        events = parse([dechunk(b"".join(received))])
+        assert overflows == 1
+        assert 0 < len(events) < len(ids), "the client was cut off before the end"
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            SSEStream(
+                client,
+                f"{app.url}{HUB}",
+                params={"match": name},
+                headers={"Last-Event-ID": events[-1].id},
+            ) as resumed,
+        ):
+            rest = await resumed.collect(len(ids) - len(events), timeout=30)
+        assert [e.id for e in events + rest] == ids
+    finally:
+        slow.close()
