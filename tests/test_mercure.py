@@ -614,3 +614,18 @@ async def test_a_mercure_subscriber_that_falls_behind_is_cut_off_and_resumes_wit
         assert [e.id for e in events + rest] == ids
     finally:
         slow.close()
+
+
+async def test_a_reused_id_resumes_after_its_earliest_update(hub: Herald) -> None:
+    name = topic()
+    reused = f"reused-{name}"
+    async with httpx.AsyncClient() as client:
+        for n, update_id in enumerate([reused, None, reused, None]):
+            fields = {"id": update_id} if update_id else {}
+            await publish(client, hub.url, topic=name, data=f"u{n}", **fields)
+        headers = {"Last-Event-ID": reused}
+        async with SSEStream(
+            client, f"{hub.url}{HUB}", params={"match": name}, headers=headers
+        ) as stream:
+            assert stream.response.headers["mercure-last-event-id"] == reused
+            assert [e.data for e in await stream.collect(3)] == ["u1", "u2", "u3"]
