@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from service import __version__, errors, openapi, routes
+from service import __version__, errors, keys, mercure, mercure_sse, openapi, routes
 from service.auth import Authenticator
 from service.cluster import ClusterStore
 from service.context import Context
 from service.edge import Edge
 from service.hub import Hub
+from service.mercure_subscriptions import Registry
 from service.metrics import Metrics
 from service.presence import Presence
 from service.ratelimit import RateLimiter
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         store.on_append_round_trip = metrics.append_round_trips.inc
         if isinstance(store, ClusterStore):
             store.on_refresh = metrics.topology_refreshes.inc
-        hub = Hub(store, settings, metrics)
+        hub = Hub(store, settings, metrics, {keys.MERCURE_TOPIC: mercure_sse.encode_entry})
         presence = Presence(store, hub, settings)
         presence.start()
         demo = _start_demo(store, settings) if settings.demo else None
@@ -58,12 +59,18 @@ def create_app(settings: Settings | None = None) -> Edge:
             if settings.publish_rate > 0
             else None
         )
+        registry = None
+        if settings.mercure_subscriptions:
+            registry = Registry(store, settings.presence_seconds, settings.mercure_retention)
+            registry.start()
         app.state.herald = Context(
-            settings, store, hub, metrics, Authenticator.of(settings), limiter
+            settings, store, hub, metrics, Authenticator.of(settings), limiter, registry
         )
         try:
             yield
         finally:
+            if registry is not None:
+                await registry.stop()
             if demo is not None:
                 await demo.stop()
             await presence.stop()
@@ -82,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(mercure.router)
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
 

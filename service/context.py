@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from service.auth import Authenticator
 from service.hub import Hub
+from service.mercure_subscriptions import Registry
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.settings import Settings
@@ -24,6 +25,8 @@ class Context:
     """None when auth is off (no HERALD_JWT_KEY)."""
     limiter: RateLimiter | None
     """None when publishing is not rate limited."""
+    mercure_subscriptions: Registry | None = None
+    """None unless HERALD_MERCURE_SUBSCRIPTIONS is on."""
 
 
 def of(request: Request) -> Context:

@@ -10,7 +10,7 @@ from service import keys
 from service.cursor import StreamId, format_stream_id
 from service.direct import chunk
 from service.metrics import Metrics
-from service.sse import Frame, encode_entry
+from service.sse import Encode, Frame
 from service.store import XreadReply, encode_arg
 from service.subscriber import Subscriber
 
@@ -26,6 +26,7 @@ class Topic:
     """A topic some local subscriber follows, and how far the hub has read it."""
 
     __slots__ = (
+        "encode",
         "key",
         "key_arg",
         "name",
@@ -36,8 +37,11 @@ class Topic:
         "subscribers",
     )
 
-    def __init__(self, name: str, position: StreamId, reader: Reader | None) -> None:
+    def __init__(
+        self, name: str, position: StreamId, reader: Reader | None, encode: Encode
+    ) -> None:
         self.name = name
+        self.encode = encode
         self.key = keys.stream_key(name)
         self.position = position
         self.key_arg = encode_arg(self.key)
@@ -60,7 +64,7 @@ async def deliver(reply: XreadReply, topics: Mapping[bytes, Topic], metrics: Met
         position = topic.position
         frames: list[Frame] = []
         for raw_id, fields in entries:
-            frame = encode_entry(raw_id, fields)
+            frame = topic.encode(raw_id, fields)
             if frame.sid > position:
                 frames.append(frame)
                 position = frame.sid

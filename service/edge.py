@@ -44,7 +44,14 @@ class Edge:
                 allow_credentials="*" not in cors_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=CORS_HEADERS,
-                expose_headers=["Retry-After", "Idempotency-Key"],
+                expose_headers=[
+                    "Retry-After",
+                    "Idempotency-Key",
+                    "Link",
+                    "WWW-Authenticate",
+                    "Mercure-Last-Event-ID",
+                    "Last-Event-ID",
+                ],
                 max_age=600,
             )
 
@@ -65,13 +72,13 @@ class Edge:
         if hot is None:
             await self.api(scope, receive, send)
             return
-        method, handler = hot
+        handler = hot.get(scope["method"])
         scope["app"] = self.api
         request = Request(scope, receive)
         response: Response
-        if scope["method"] != method:
+        if handler is None:
             response = JSONResponse(
-                {"detail": "Method Not Allowed"}, 405, headers={"Allow": method}
+                {"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(hot)}
             )
         else:
             try:

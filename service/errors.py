@@ -4,6 +4,7 @@
      ├── BadRequest          400
      ├── Unauthorized        401 (no token, or one that does not verify)
      ├── Forbidden           403 (a topic outside the token)
+     ├── NotFound            404
      ├── Conflict            409 (another streaming publish with the same Idempotency-Key)
      ├── PayloadTooLarge     413
      ├── Invalid             422 (detail: pydantic's list of errors)
@@ -72,6 +73,10 @@ class Unauthorized(HeraldError):
 
 class Forbidden(HeraldError):
     status = 403
+
+
+class NotFound(HeraldError):
+    status = 404
 
 
 class Conflict(HeraldError):

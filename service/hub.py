@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 
 from prometheus_client import Gauge
 
@@ -30,6 +31,7 @@ from service.errors import REDIS_DOWN
 from service.feedreader import FeedReader
 from service.metrics import Metrics
 from service.settings import Settings
+from service.sse import Encode, encode_entry
 from service.store import Arg, Store, StreamReader, XreadReply
 from service.subscriber import Ended, Subscriber
 
@@ -42,8 +44,16 @@ _TICK_SECONDS = 0.5
 
 
 class Hub:
-    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        encoders: Mapping[str, Encode] | None = None,
+    ) -> None:
         self._store = store
+        self._encoders = dict(encoders or {})
+        """How entries of particular topics become frames; `encode_entry` for the rest."""
         self._settings = settings
         self._metrics = metrics
         self._topics: dict[str, Topic] = {}
@@ -80,8 +90,12 @@ class Hub:
         return len(self._subscribers) + self._joining
 
     def counts(self) -> dict[str, int]:
-        """Local subscribers per topic."""
-        return {name: len(topic.subscribers) for name, topic in self._topics.items()}
+        """Local subscribers per topic (Herald's own internal topics left out)."""
+        return {
+            name: len(topic.subscribers)
+            for name, topic in self._topics.items()
+            if not keys.internal(name)
+        }
 
     @property
     def healthy(self) -> bool:
@@ -190,8 +204,9 @@ class Hub:
             stopping.add_done_callback(self._stopping.discard)
 
     def _add_topic(self, name: str, position: StreamId) -> None:
+        encode = self._encoders.get(name, encode_entry)
         if self._feed is not None:
-            topic = Topic(name, position, None)
+            topic = Topic(name, position, None, encode)
             self._topics[name] = topic
             self._feed.add(topic)
             self._metrics.topics.set(len(self._topics))
@@ -209,7 +224,7 @@ class Hub:
         if reader is None:
             reader = Reader(self._store.reader(key), group, self._settings, self._metrics)
             self._readers.append(reader)
-        topic = Topic(name, position, reader)
+        topic = Topic(name, position, reader, encode)
         self._topics[name] = topic
         reader.add(topic)
         self._metrics.topics.set(len(self._topics))

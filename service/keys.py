@@ -8,6 +8,31 @@ STREAM_PREFIX = "herald:stream:"
 _STREAM_PREFIX_BYTES = STREAM_PREFIX.encode()
 
 
+MERCURE_TOPIC = "{mercure}"
+"""The internal topic whose stream holds every Mercure update (`{` is no Herald topic's).
+
+Its braces are the key's Cluster hash tag, shared by the Mercure id index keys, so the
+publish script touches one slot."""
+MERCURE_IDS = b"herald:mercure-ids:{mercure}"
+"""Hash: a publisher's update id -> the entry id of its (earliest retained) update."""
+MERCURE_ORDER = b"herald:mercure-order:{mercure}"
+"""Sorted set of the ids in MERCURE_IDS, scored by their entry's millisecond, for trimming."""
+
+
+MERCURE_SUBSCRIBERS = b"herald:mercure-subs:{mercure}"
+"""Sorted set: every replica that reports Mercure subscriptions, scored by when it expires."""
+
+
+def mercure_subscriptions(replica: str) -> bytes:
+    """Hash of one replica's active Mercure subscriptions (id -> JSON document)."""
+    return MERCURE_SUBSCRIBERS + b":" + replica.encode()
+
+
+def internal(topic: str) -> bool:
+    """Topics of Herald's own making (the Mercure stream), never a user's."""
+    return topic.startswith("{")
+
+
 def stream_key(topic: str) -> bytes:
     """The stream that holds a topic's events."""
     return _STREAM_PREFIX_BYTES + topic.encode()

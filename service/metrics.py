@@ -15,6 +15,11 @@ class Metrics:
         self.published = Counter(
             "herald_published_events", "Events accepted by POST /publish.", registry=r
         )
+        self.mercure_published = Counter(
+            "herald_mercure_published_updates",
+            "Updates accepted by POST /.well-known/mercure.",
+            registry=r,
+        )
         self.subscribers = Gauge(
             "herald_subscribers", "Open SSE subscriptions in this process.", registry=r
         )

@@ -57,11 +57,14 @@ async def replay(
     page: int,
     write: WriteFrame,
     metrics: Metrics,
+    encode: sse.Encode = sse.encode_entry,
+    announce: bool = True,
 ) -> AsyncIterator[bytes]:
     """Yield every retained event in (positions, until] of each topic, merged in id order.
 
     `write` turns a frame into bytes and moves the client's position; memory stays
-    bounded by one page per topic.
+    bounded by one page per topic. `encode` makes the frames; without `announce`, lost
+    history is not announced in the stream (the caller says so its own way).
     """
     after = dict(positions)
     buffers: dict[str, deque[Frame]] = {topic: deque() for topic in topics}
@@ -73,12 +76,13 @@ async def replay(
                 continue
             result = await store.replay_page(topic, after[topic], until[topic], page)
             if is_trimmed(after[topic], result.info):
-                parts.append(trimmed_announcement(topic, after[topic], result.info))
+                if announce:
+                    parts.append(trimmed_announcement(topic, after[topic], result.info))
                 metrics.trimmed.inc()
                 if is_reset(after[topic], result.info):
                     after[topic] = positions[topic] = ZERO
                     result = await store.replay_page(topic, ZERO, until[topic], page)
-            frames = [sse.encode_entry(raw_id, fields) for raw_id, fields in result.entries]
+            frames = [encode(raw_id, fields) for raw_id, fields in result.entries]
             if frames:
                 after[topic] = frames[-1].sid
                 buffers[topic].extend(frames)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service import context, publishing, streaming_publish
+from service import context, mercure, publishing, streaming_publish
 from service.auth import metrics_bearer
 from service.context import Context
 from service.cursor import format_stream_id
@@ -96,8 +96,12 @@ async def events(ctx: Context, request: Request) -> Response:
     return await open_subscription(ctx, topics, position, expires_at)
 
 
-HOT: dict[str, tuple[str, HotRoute]] = {"/publish": ("POST", publish), "/events": ("GET", events)}
-"""Served by `service.edge` without FastAPI's routing layers: path -> (method, handler)."""
+HOT: dict[str, dict[str, HotRoute]] = {
+    "/publish": {"POST": publish},
+    "/events": {"GET": events},
+    mercure.PATH: {"GET": mercure.subscribe, "POST": mercure.publish},
+}
+"""Served by `service.edge` without FastAPI's routing layers: path -> method -> handler."""
 
 
 @router.get("/healthz", summary="The process is alive")

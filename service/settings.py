@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from jwt import PyJWTError
 from jwt.algorithms import get_default_algorithms
@@ -124,6 +125,38 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Most open streams per process (else 503 with Retry-After).",
+    )
+
+    mercure_anonymous: bool = Field(
+        default=False,
+        description="Mercure (/.well-known/mercure): let subscribers without a token in; "
+        "they receive public updates only.",
+    )
+    mercure_audience: str | None = Field(
+        default=None,
+        description="Mercure: the `aud` every Mercure token must name, as a resource "
+        "identifier such as https://hub.example.com/.well-known/mercure. Unset: not checked.",
+    )
+    mercure_issuer: str | None = Field(
+        default=None,
+        description="Mercure: the `iss` every Mercure token must carry. Unset: not checked.",
+    )
+    mercure_url: str | None = Field(
+        default=None,
+        description="Mercure: the hub's public URL (https://hub.example.com/.well-known/"
+        "mercure), the base of relative URL patterns and topics and the target of Link "
+        "headers. Unset: Link targets follow each request's host.",
+    )
+    mercure_subscriptions: bool = Field(
+        default=False,
+        description="Mercure: active subscriptions, announced as private `mercure` events "
+        "and listed at /.well-known/mercure/subscriptions (two Redis writes a connection).",
+    )
+    mercure_retention: int = Field(
+        default=100_000,
+        ge=1,
+        description="Mercure: updates kept for reconnecting subscribers, all topics together "
+        "(approximate MAXLEN of the one Mercure stream).",
     )
 
     heartbeat_seconds: float = Field(
@@ -315,6 +348,15 @@ class Settings(BaseSettings):
                 "(-----BEGIN PUBLIC KEY----- …)"
             ) from None
         return self
+
+    @field_validator("mercure_url")
+    @classmethod
+    def _an_absolute_hub_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("HERALD_MERCURE_URL must be an absolute http(s) URL")
+        return url
 
     @model_validator(mode="after")
     def _a_full_batch_can_pass_the_rate_limit(self) -> Settings:

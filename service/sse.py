@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 from service.cursor import StreamId, stream_id_of
 
@@ -79,3 +80,7 @@ class Frame:
 def encode_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Frame:
     event_body = entry_body(fields)
     return Frame(stream_id_of(raw_id), event_body, frame(raw_id, event_body))
+
+
+Encode = Callable[[bytes, dict[bytes, bytes]], Frame]
+"""How a stream entry (id and fields) becomes a frame."""

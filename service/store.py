@@ -74,6 +74,34 @@ return {1, ids}
 """
 
 
+# Append a Mercure update and keep the index of publishers' ids trimmed with the stream.
+# KEYS = the Mercure stream, the id index (hash), its order (sorted set by millisecond);
+# ARGV = retention, expiry in ms (0: none), the publisher's id ('' for none), then the
+# entry's fields and values. Trimming comes before recording, so a reused id whose first
+# update was trimmed away points at the new one; otherwise the earliest keeps it.
+_MERCURE_PUBLISH = """
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if oldest then
+  local before = '(' .. string.match(oldest[1], '^%d+')
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before, 'LIMIT', 0, 1000)
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[2], unpack(gone))
+    redis.call('ZREM', KEYS[3], unpack(gone))
+  end
+end
+if ARGV[3] ~= '' and redis.call('HSETNX', KEYS[2], ARGV[3], id) == 1 then
+  redis.call('ZADD', KEYS[3], string.match(id, '^%d+'), ARGV[3])
+end
+if ARGV[2] ~= '0' then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return id
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LinesState:
     """How far streaming publishes under one idempotency key got."""
@@ -341,6 +369,81 @@ class Store:
         )
         done, ids = await self._confirmed(pipe)
         return [_text(i) for i in ids] if done else None
+
+    async def publish_mercure(
+        self, fields: Mapping[str, str], publisher_id: str | None, retention: int
+    ) -> str:
+        """Append a Mercure update (its entry `fields`) and index `publisher_id`: its entry id."""
+        stream = keys.stream_key(keys.MERCURE_TOPIC)
+        pipe = self._client_for(stream).pipeline(transaction=False)
+        pipe.eval(
+            _MERCURE_PUBLISH,
+            3,
+            stream,
+            keys.MERCURE_IDS,
+            keys.MERCURE_ORDER,
+            retention,
+            self.expiry.expire_ms,
+            publisher_id or "",
+            *[part for pair in fields.items() for part in pair],
+        )
+        return _text(await self._confirmed(pipe))
+
+    async def mercure_position(self, publisher_id: str) -> StreamId | None:
+        """The entry of the earliest retained update a publisher gave `publisher_id`."""
+        raw = await self._client_for(keys.MERCURE_IDS).hget(keys.MERCURE_IDS, publisher_id)
+        return stream_id_of(raw.encode() if isinstance(raw, str) else raw) if raw else None
+
+    async def add_mercure_subscriptions(
+        self, replica: str, documents: Mapping[str, str], ttl_seconds: float
+    ) -> None:
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.hset(key, mapping=_hash(documents))
+        self._keep_reporting(pipe, replica, ttl_seconds)
+        await pipe.execute()
+
+    async def remove_mercure_subscriptions(self, replica: str, ids: Sequence[str]) -> None:
+        key = keys.mercure_subscriptions(replica)
+        await self._client_for(key).hdel(key, *ids)
+
+    async def report_mercure_subscriptions(
+        self, replica: str, documents: Mapping[str, str], ttl_seconds: float
+    ) -> None:
+        """Replace this replica's subscriptions; they vanish after `ttl_seconds` unless
+        reported again."""
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.delete(key)
+        if documents:
+            pipe.hset(key, mapping=_hash(documents))
+        self._keep_reporting(pipe, replica, ttl_seconds)
+        await pipe.execute()
+
+    def _keep_reporting(self, pipe: Pipeline, replica: str, ttl_seconds: float) -> None:
+        pipe.pexpire(keys.mercure_subscriptions(replica), max(1, int(ttl_seconds * 1000)))
+        pipe.zadd(keys.MERCURE_SUBSCRIBERS, {replica: time.time() + ttl_seconds})
+
+    async def withdraw_mercure_subscriptions(self, replica: str) -> None:
+        key = keys.mercure_subscriptions(replica)
+        pipe = self._client_for(key).pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.zrem(keys.MERCURE_SUBSCRIBERS, replica)
+        await pipe.execute()
+
+    async def mercure_subscriptions(self) -> list[str]:
+        """The JSON documents of every replica's active Mercure subscriptions."""
+        client = self._client_for(keys.MERCURE_SUBSCRIBERS)
+        pipe = client.pipeline(transaction=True)
+        pipe.zremrangebyscore(keys.MERCURE_SUBSCRIBERS, "-inf", time.time())
+        pipe.zrange(keys.MERCURE_SUBSCRIBERS, 0, -1)
+        _, replicas = await pipe.execute()
+        if not replicas:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for replica in replicas:
+            pipe.hvals(keys.mercure_subscriptions(_text(replica)))
+        return [_text(document) for values in await pipe.execute() for document in values]
 
     async def publish_and_mark(
         self,

@@ -16,7 +16,7 @@ from service.context import Context
 from service.cursor import InvalidPosition, StreamId, normalize_topics, parse_position
 from service.errors import REDIS_DOWN, BadRequest, Invalid, Unavailable
 from service.models import Topic
-from service.replay import replay
+from service.replay import WriteFrame, replay
 from service.subscriber import Ended, Framer, Subscriber, body_message
 
 log = logging.getLogger("herald")
@@ -69,6 +69,10 @@ class SubscriptionStream(Response):
     """
 
     media_type = MEDIA_TYPE
+    encode: sse.Encode = staticmethod(sse.encode_entry)
+    """How the replay turns stream entries into frames (the hub's encoder for the topic)."""
+    announce_trimmed = True
+    """Whether lost history is announced with a `herald.trimmed` event."""
 
     def __init__(
         self,
@@ -76,10 +80,13 @@ class SubscriptionStream(Response):
         subscriber: Subscriber,
         start: dict[str, StreamId] | None,
         live_from: dict[str, StreamId],
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.init_headers(
+            {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"} | (headers or {})
+        )
         self._ctx = ctx
         self._subscriber = subscriber
         self._start = start
@@ -148,11 +155,17 @@ class SubscriptionStream(Response):
             framer.positions,
             self._live_from,
             ctx.settings.replay_page,
-            framer.write,
+            self._writer(framer),
             ctx.metrics,
+            self.encode,
+            self.announce_trimmed,
         ):
             await self._send(send, body_message(chunk))
         return framer, dict(framer.positions)
+
+    def _writer(self, framer: Framer) -> WriteFrame:
+        """How the replay writes a frame (and moves the client's position)."""
+        return framer.write
 
     async def _finish(self, send: Send, why: Ended) -> None:
         if why is Ended.OVERFLOW:

@@ -26,10 +26,12 @@ import redis
 from redis.crc import key_slot
 
 from service.client import AsyncPublisher
+from service.keys import MERCURE_IDS, MERCURE_ORDER
 from service.models import PublishEvent
 from tests import ports
 from tests.conftest import ROOT, HeraldLauncher, RedisServer, metric
 from tests.sse import SSEStream
+from tests.test_mercure import HUB, PUBLISHER, SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -538,3 +540,32 @@ async def test_entries_xadded_directly_on_every_shard_arrive_through_the_change_
         await asyncio.to_thread(cluster.wait_ok)
     producer.close()
     assert "keyspace notifications" in app.logs()
+
+
+async def test_mercure_updates_and_their_id_index_live_on_one_slot_of_a_cluster(
+    cluster: Cluster, heralds: HeraldLauncher
+) -> None:
+    slots = {key_slot(key) for key in (b"herald:stream:{mercure}", MERCURE_IDS, MERCURE_ORDER)}
+    assert len(slots) == 1
+    a = heralds(**SETTINGS)
+    b = heralds(**SETTINGS)
+    form = {"Authorization": f"Bearer {PUBLISHER}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        params = {"match_urlpattern": "https://example.com/books/:id"}
+        async with SSEStream(client, f"{b.url}{HUB}", params=params) as stream:
+            for n in range(3):
+                answer = await client.post(
+                    f"{a.url}{HUB}",
+                    data={
+                        "topic": f"https://example.com/books/{n}",
+                        "data": str(n),
+                        "id": f"c-{n}",
+                    },
+                    headers=form,
+                )
+                assert answer.status_code == 200, answer.text
+            assert [e.id for e in await stream.collect(3)] == ["c-0", "c-1", "c-2"]
+        resume = {"Last-Event-ID": "c-0"}
+        async with SSEStream(client, f"{a.url}{HUB}", params=params, headers=resume) as stream:
+            assert stream.response.headers["mercure-last-event-id"] == "c-0"
+            assert [e.data for e in await stream.collect(2)] == ["1", "2"]

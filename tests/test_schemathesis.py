@@ -23,3 +23,15 @@ def test_generated_publishes_never_get_a_server_error(default_herald: Herald) ->
         case.call_and_validate(checks=[not_a_server_error], timeout=10)
 
     publish_anything()
+
+
+def test_generated_mercure_updates_never_get_a_server_error(default_herald: Herald) -> None:
+    schema = schemathesis.openapi.from_url(f"{default_herald.url}/openapi.json")
+    publish = schema["/.well-known/mercure"]["POST"]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=publish.as_strategy())
+    def publish_anything(case: schemathesis.Case) -> None:
+        case.call_and_validate(checks=[not_a_server_error], timeout=10)
+
+    publish_anything()
