@@ -20,6 +20,7 @@ from service.presence import Presence
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 
 if TYPE_CHECKING:
     from workers.runtime import InProcess
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Edge:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.connect(settings)
+        store = open_store(settings)
         await store.start()
         if store.embedded:
             log.warning(
