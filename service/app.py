@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from service import __version__, errors, openapi, routes
+from service import __version__, api_docs, errors, openapi, routes
 from service.auth import Authenticator
 from service.cluster import ClusterStore
 from service.context import Context
@@ -77,12 +77,14 @@ def create_app(settings: Settings | None = None) -> Edge:
         version=__version__,
         summary="Publish into Redis Streams; subscribe over Server-Sent Events.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     errors.install(app)
     app.include_router(routes.router)
+    if docs:
+        app.include_router(api_docs.router())
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
 
