@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from service import __version__, errors, keys, mercure, mercure_sse, openapi, routes
+from service import __version__, api_docs, errors, keys, mercure, mercure_sse, openapi, routes
 from service.auth import Authenticator
 from service.cluster import ClusterStore
 from service.context import Context
@@ -21,6 +21,7 @@ from service.presence import Presence
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 
 if TYPE_CHECKING:
     from workers.runtime import InProcess
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Edge:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.connect(settings)
+        store = open_store(settings)
         await store.start()
         if store.embedded:
             log.warning(
@@ -83,13 +84,15 @@ def create_app(settings: Settings | None = None) -> Edge:
         version=__version__,
         summary="Publish into Redis Streams; subscribe over Server-Sent Events.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(mercure.router)
+    if docs:
+        app.include_router(api_docs.router())
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
 

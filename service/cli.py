@@ -6,6 +6,11 @@ herald publish TOPIC DATA      publish one event over HTTP
 herald publish --ndjson        publish stdin's events (one JSON object a line) as they come
 herald tail TOPIC…             print a subscription's events as they arrive
 herald check                   publish one event and read it back over SSE
+herald token --publish P …     make a JWT for HERALD_JWT_KEY's deployment
+
+Exit status: 0 done; 1 the command ran and failed (an event refused, by Herald or by
+the checks before sending; Herald unreachable); 2 the command itself is wrong (unknown
+or missing arguments, invalid settings).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import uvicorn
-from pydantic import JsonValue, ValidationError
+from pydantic import JsonValue, SecretStr, ValidationError
 
 # Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
 import service.shutdown  # noqa: F401
@@ -30,10 +37,14 @@ from service.client import AsyncPublisher, ClientError, LineRejected, Publisher,
 from service.models import PublishEvent, StreamPublished
 from service.settings import Settings
 from service.tail import Tail, format_event, start_position
+from service.tokens import make_token, parse_duration
 from workers import NAMES
 
 ENV_PREFIX = "HERALD_"
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TOKEN_TTL = "1h"
+CLIENT_SETTINGS = ("url", "token")
+"""What `herald publish`, `tail`, `check` and the workers over HTTP talk to."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -49,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tail(args, parser)
     elif args.command == "check":
         check(args, parser)
+    elif args.command == "token":
+        token(args, parser)
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -103,14 +116,15 @@ def publish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            parser.exit(2, f"herald publish: DATA is not valid JSON: {exc}\n")
+            parser.exit(1, f"herald publish: DATA is not valid JSON: {exc}\n")
     try:
         with Publisher(url, token=token) as publisher:
             published = publisher.publish(
                 args.topic, data, args.event or "message", idempotency_key=args.idempotency_key
             )
     except ValidationError as exc:
-        parser.exit(2, f"herald publish: invalid event: {_problems(exc)}\n")
+        # The same event refused by Herald exits 1: so does one refused before sending.
+        parser.exit(1, f"herald publish: invalid event: {_problems(exc)}\n")
     except ValueError as exc:
         parser.exit(2, f"herald publish: {exc}\n")
     except ClientError as exc:
@@ -207,6 +221,48 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.exit(1, f"herald check: {exc}\n")
 
 
+def token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`herald token`: a JWT for the deployment whose key is HERALD_JWT_KEY (or --key-file)."""
+    if not args.publish and not args.subscribe:
+        parser.exit(2, "herald token: give at least one --publish or --subscribe pattern\n")
+    try:
+        ttl = None if args.ttl == "never" else parse_duration(args.ttl)
+    except ValueError as exc:
+        parser.exit(2, f"herald token: --ttl: {exc}\n")
+    if ttl == 0:
+        parser.exit(2, "herald token: --ttl 0 makes a token that has already expired\n")
+    key = None
+    if args.key_file is not None:
+        try:
+            # `openssl rand -base64 32 > key` ends the secret with a line break.
+            key = SecretStr(Path(args.key_file).read_text().rstrip("\r\n"))
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.exit(2, f"herald token: cannot read --key-file: {exc}\n")
+    try:
+        settings = Settings() if key is None else Settings(jwt_key=key)
+    except ValidationError as exc:
+        parser.exit(2, f"herald token: invalid settings:\n{settings_problems(exc)}\n")
+    if settings.jwt_key is None:
+        parser.exit(
+            2,
+            "herald token: no key: set HERALD_JWT_KEY (the HS256 secret Herald has) or give "
+            "--key-file PATH (for RS256/ES256, the private key)\n",
+        )
+    try:
+        made = make_token(
+            settings.jwt_key.get_secret_value(),
+            settings.jwt_algorithm,
+            publish=args.publish,
+            subscribe=args.subscribe,
+            ttl=ttl,
+            now=int(time.time()),
+            subject=args.subject,
+        )
+    except ValueError as exc:
+        parser.exit(2, f"herald token: {exc}\n")
+    print(made)
+
+
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
     """Herald's URL and token: the flags, else HERALD_URL and HERALD_TOKEN."""
     try:
@@ -254,11 +310,39 @@ def _parser() -> argparse.ArgumentParser:
         prog="herald", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the HTTP service")
-    _add_settings_flags(serve_cmd, Settings.model_fields)
-    worker_cmd = commands.add_parser("worker", help="run one producer worker")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run Herald. Every flag is also an environment variable: "
+        "--heartbeat-seconds 5 is HERALD_HEARTBEAT_SECONDS=5.",
+        epilog="The producer workers' settings (--stocks-*, --logs-*, --online-*, "
+        "--typewriter-*) are accepted too, for --demo: `herald worker --help` lists them.",
+    )
+    _add_settings_flags(serve_cmd, _server_settings())
+    _add_settings_flags(serve_cmd, _worker_settings(), shown=False)
+    _add_settings_flags(serve_cmd, CLIENT_SETTINGS, shown=False)
+    worker_cmd = commands.add_parser(
+        "worker",
+        help="run one producer worker",
+        description="Run one producer worker. Every flag is also an environment variable: "
+        "--stocks-rate 5 is HERALD_STOCKS_RATE=5.",
+        epilog="The service's settings (`herald serve --help`) are accepted too; a worker "
+        "uses those it shares with the service, such as --retention and --topic-ttl.",
+    )
     worker_cmd.add_argument("name", choices=NAMES, help="which worker")
-    _add_settings_flags(worker_cmd, Settings.model_fields)
+    _add_settings_flags(
+        worker_cmd.add_argument_group("where it publishes"),
+        ["redis_url", *CLIENT_SETTINGS, "log_level"],
+    )
+    for name in NAMES:
+        _add_settings_flags(
+            worker_cmd.add_argument_group(f"herald worker {name}"), _worker_settings(name)
+        )
+    _add_settings_flags(
+        worker_cmd,
+        [n for n in _server_settings() if n not in ("redis_url", "log_level")],
+        shown=False,
+    )
     publish_cmd = commands.add_parser(
         "publish",
         help="publish one event, or stdin's events as they come, over HTTP",
@@ -296,6 +380,37 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds the whole check may take; default {DEFAULT_TIMEOUT:g}",
     )
     _add_client_flags(check_cmd)
+    token_cmd = commands.add_parser(
+        "token",
+        help="make a JWT that grants publish and subscribe patterns",
+        description="Print a JWT that Herald accepts, signed with HERALD_JWT_KEY (the HS256 "
+        "secret) and HERALD_JWT_ALGORITHM, or with --key-file. A pattern is a topic name in "
+        "which * stands for any run of characters.",
+        epilog="example: export HERALD_TOKEN=$(herald token --publish 'chat.*' "
+        "--subscribe 'chat.*' --ttl 1h)",
+    )
+    token_cmd.add_argument(
+        "--publish", action="append", default=[], metavar="PATTERN", help="repeatable"
+    )
+    token_cmd.add_argument(
+        "--subscribe", action="append", default=[], metavar="PATTERN", help="repeatable"
+    )
+    token_cmd.add_argument(
+        "--ttl",
+        default=DEFAULT_TOKEN_TTL,
+        metavar="DURATION",
+        help="how long it is valid: seconds, or 90s, 15m, 12h, 30d; never for no expiry; "
+        f"default {DEFAULT_TOKEN_TTL}",
+    )
+    token_cmd.add_argument(
+        "--subject", metavar="SUB", help="the `sub` claim: who publishes (rate limits, keys)"
+    )
+    token_cmd.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="sign with the key in this file instead of HERALD_JWT_KEY: the HS256 secret, "
+        "or the RS256/ES256 private key (PEM)",
+    )
     return parser
 
 
@@ -304,12 +419,31 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token (a JWT); env HERALD_TOKEN")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
-    """One `--flag` per setting, named like its `HERALD_` variable."""
+def _worker_settings(worker: str | None = None) -> list[str]:
+    """The settings of one producer worker (`stocks_…`), or of all of them."""
+    prefixes = tuple(f"{name}_" for name in ([worker] if worker else NAMES))
+    return [name for name in Settings.model_fields if name.startswith(prefixes)]
+
+
+def _server_settings() -> list[str]:
+    """The settings of `herald serve`: all but the workers' and the client's."""
+    others = {*_worker_settings(), *CLIENT_SETTINGS}
+    return [name for name in Settings.model_fields if name not in others]
+
+
+def _add_settings_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Iterable[str],
+    shown: bool = True,
+) -> None:
+    """One `--flag` per setting, named like its `HERALD_` variable; accepted but left out
+    of the help unless `shown`."""
     for name in names:
         field = Settings.model_fields[name]
         flag = "--" + name.replace("_", "-")
-        about = f"{field.description} Env {ENV_PREFIX}{name.upper()}; default {field.default}."
+        # argparse expands %-formats in help; descriptions say "1%".
+        described = f"{field.description} Env {ENV_PREFIX}{name.upper()}; default {field.default}."
+        about = described.replace("%", "%%") if shown else argparse.SUPPRESS
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action="store_const", const="true", help=about)
         else:

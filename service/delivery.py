@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from service import keys
 from service.cursor import StreamId, format_stream_id
@@ -13,9 +12,6 @@ from service.metrics import Metrics
 from service.sse import Encode, Frame
 from service.store import XreadReply, encode_arg
 from service.subscriber import Subscriber
-
-if TYPE_CHECKING:
-    from service.hub import Reader
 
 # Deliveries between two yields to the event loop: a broadcast to thousands of
 # streams must not hold up publishes, whose entries the next read then takes together.
@@ -32,22 +28,17 @@ class Topic:
         "name",
         "position",
         "position_arg",
-        "reader",
         "slot",
         "subscribers",
     )
 
-    def __init__(
-        self, name: str, position: StreamId, reader: Reader | None, encode: Encode
-    ) -> None:
+    def __init__(self, name: str, position: StreamId, encode: Encode) -> None:
         self.name = name
         self.encode = encode
         self.key = keys.stream_key(name)
         self.position = position
         self.key_arg = encode_arg(self.key)
         self.position_arg = encode_arg(format_stream_id(position).encode())
-        self.reader = reader
-        """Its blocking reader; None when the change feed says when to read it."""
         self.slot = 0
         self.subscribers: set[Subscriber] = set()
 

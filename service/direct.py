@@ -8,19 +8,18 @@ chunk it framed once for the whole batch and pays little more than the write.
 Only uvicorn's httptools protocol is recognised (also beneath Starlette's
 CORSMiddleware), and only while the response is chunked, open and the transport is
 not paused. Anything else, or any other server, gets no `DirectWriter`, and frames
-go through the ASGI `send` as usual.
+go through the ASGI `send` as usual. What this relies on in uvicorn is listed, and
+checked, in `service.uvicorn_http`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
-from typing import Any
 
 from starlette.types import Send
 
-_UVICORN_HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
+from service.uvicorn_http import RequestResponseCycle, response_cycle
 
 log = logging.getLogger("herald")
 
@@ -35,24 +34,14 @@ class DirectWriter:
 
     __slots__ = ("_cycle",)
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: RequestResponseCycle) -> None:
         self._cycle = cycle
 
     @classmethod
     def of(cls, send: Send) -> DirectWriter | None:
         """A writer for the response `send` belongs to, once its headers are sent."""
-        # Starlette's CORSMiddleware wraps `send` in a partial that only touches the
-        # response start; body chunks may bypass it.
-        while isinstance(send, functools.partial) and "send" in send.keywords:
-            send = send.keywords["send"]
-        cycle: Any = getattr(send, "__self__", None)
-        if type(cycle).__module__ != _UVICORN_HTTPTOOLS:
-            return None
-        if not all(hasattr(cycle, name) for name in ("transport", "flow", "disconnected")):
-            return None
-        if cycle.chunked_encoding is not True or cycle.response_complete:
-            return None
-        return cls(cycle)
+        cycle = response_cycle(send)
+        return None if cycle is None else cls(cycle)
 
     def write(self, framed: bytes) -> bool:
         """Write an already framed chunk; False when it must go through `send` instead.

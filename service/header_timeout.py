@@ -13,9 +13,8 @@ import asyncio
 import functools
 import json
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-
 from service.settings import Settings
+from service.uvicorn_http import STATUS_LINE, HttpToolsProtocol
 
 
 @functools.cache

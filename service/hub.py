@@ -58,6 +58,8 @@ class Hub:
         self._metrics = metrics
         self._topics: dict[str, Topic] = {}
         self._readers: list[Reader] = []
+        # Which blocking reader reads each topic (none with the change feed).
+        self._reader_of: dict[str, Reader] = {}
         self._subscribers: set[Subscriber] = set()
         # Subscribers whose token expires, and when (Unix time).
         self._expiring: dict[Subscriber, float] = {}
@@ -189,7 +191,7 @@ class Hub:
         self.mode = mode
 
     def _drop_topic(self, topic: Topic) -> None:
-        reader = topic.reader
+        reader = self._reader_of.pop(topic.name, None)
         if reader is None:
             assert self._feed is not None
             self._feed.remove(topic)
@@ -206,7 +208,7 @@ class Hub:
     def _add_topic(self, name: str, position: StreamId) -> None:
         encode = self._encoders.get(name, encode_entry)
         if self._feed is not None:
-            topic = Topic(name, position, None, encode)
+            topic = Topic(name, position, encode)
             self._topics[name] = topic
             self._feed.add(topic)
             self._metrics.topics.set(len(self._topics))
@@ -224,7 +226,8 @@ class Hub:
         if reader is None:
             reader = Reader(self._store.reader(key), group, self._settings, self._metrics)
             self._readers.append(reader)
-        topic = Topic(name, position, reader, encode)
+        topic = Topic(name, position, encode)
+        self._reader_of[name] = reader
         self._topics[name] = topic
         reader.add(topic)
         self._metrics.topics.set(len(self._topics))

@@ -19,8 +19,6 @@ from service import connections, keys
 from service.cursor import ZERO, StreamId, format_stream_id, next_stream_id, stream_id_of
 from service.errors import NotReplicated, OutcomeUnknown
 from service.expiry import TopicExpiry
-from service.redis_url import RedisTarget
-from service.settings import Settings
 
 log = logging.getLogger("herald")
 
@@ -160,44 +158,6 @@ class Store:
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
         self.on_append_round_trip: Callable[[], None] = lambda: None
         """Called for each pipeline of appends the store sends (the app counts them)."""
-
-    @classmethod
-    def connect(cls, settings: Settings) -> Store:
-        if settings.redis_url is None:
-            return cls._embedded(settings)
-        target = RedisTarget.parse(settings.redis_url)
-        if target.mode == "cluster":
-            from service.cluster import ClusterStore
-
-            return ClusterStore.open(target, settings)
-        clients = connections.connect(target, settings)
-        return cls(
-            clients.commands,
-            clients.reader,
-            embedded=False,
-            replicas=settings.publish_replicas,
-            replicas_timeout_ms=settings.publish_replicas_timeout_ms,
-            expiry=TopicExpiry(settings.topic_ttl),
-        )
-
-    @classmethod
-    def _embedded(cls, settings: Settings) -> Store:
-        import fakeredis
-
-        server = fakeredis.FakeServer()
-
-        def reader_client() -> redis.Redis:
-            client: redis.Redis = fakeredis.FakeAsyncRedis(
-                server=server, single_connection_client=True
-            )
-            return client
-
-        return cls(
-            fakeredis.FakeAsyncRedis(server=server),
-            reader_client,
-            embedded=True,
-            expiry=TopicExpiry(settings.topic_ttl),
-        )
 
     async def start(self) -> None:
         """Whatever must happen before commands run concurrently (nothing, for one server)."""

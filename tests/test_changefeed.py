@@ -19,6 +19,7 @@ from service.keys import stream_key
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 from tests import ports
 from tests.conftest import RedisServer, wait_until
 from tests.sse import Event
@@ -50,7 +51,7 @@ def locked_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loc
 async def open_hub(url: str, **overrides: object) -> tuple[Hub, Store]:
     options: dict[str, object] = {"reader_block_ms": _QUIET_MS, **overrides}
     settings = Settings(redis_url=url, **options)  # type: ignore[arg-type]
-    store = Store.connect(settings)
+    store = open_store(settings)
     return Hub(store, settings, Metrics()), store
 
 

@@ -279,6 +279,27 @@ def test_without_redis_the_chart_says_what_to_set(helm: str) -> None:
     assert "Herald needs Redis: set redis.url" in done.stderr
 
 
+def test_a_redis_url_alone_means_that_redis_and_none_of_the_chart_s(
+    helm: str, tmp_path: Path
+) -> None:
+    url = "rediss://herald:secret@redis.example.com:6380/0"
+    common = [str(CHART), "--set", f"redis.url={url}", "--set", "networkPolicy.enabled=true"]
+    linted = run_helm(helm, "lint", "--strict", *common)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    done = run_helm(helm, "template", "herald", *common, "--kube-version", KUBE_VERSION)
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert "StatefulSet" not in kinds(docs)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"] == ["herald"]
+    assert only(docs, "Secret")["stringData"] == {"HERALD_REDIS_URL": url}
+    (container,) = server(docs)["spec"]["template"]["spec"]["containers"]
+    assert "env" not in container, "nothing may override the Secret's HERALD_REDIS_URL"
+    notes = run_helm(helm, "install", "herald", *common, "--dry-run=client")
+    assert notes.returncode == 0, notes.stderr
+    assert "NOTES:" in notes.stdout
+    assert "the chart's single Redis" not in notes.stdout
+
+
 def test_the_config_values_are_generated_from_the_settings_object() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "chart_settings.py"), "--check"],

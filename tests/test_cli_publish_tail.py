@@ -170,12 +170,33 @@ def test_publish_reads_stdin_and_json_and_herald_url(
     assert ticked[1]["data"] == '{"price":189.2}'
 
 
-def test_publish_invalid_json_is_a_usage_error(default_herald: Herald) -> None:
+def test_publish_invalid_json_exits_1_and_sends_nothing(
+    default_herald: Herald, flushed_redis: RedisServer
+) -> None:
     done = herald_cli("publish", "t", "{price: 1}", "--json", "--url", default_herald.url)
-    assert done.returncode == 2
-    assert done.stdout == ""
+    assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.startswith("herald publish: DATA is not valid JSON: ")
     assert done.stderr.count("\n") == 1
+    with redis.Redis.from_url(flushed_redis.url) as store:
+        assert store.exists(stream_key("t")) == 0
+
+
+def test_an_event_refused_before_sending_exits_1_like_one_herald_refuses(
+    default_herald: Herald,
+) -> None:
+    done = herald_cli("publish", "bad topic", "x", "--url", default_herald.url)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("herald publish: invalid event: topic: String should match")
+    assert done.stderr.count("\n") == 1
+
+
+def test_a_usage_error_exits_2() -> None:
+    missing = herald_cli("publish", "only-a-topic")
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == "herald publish: TOPIC and DATA are required (or --ndjson)\n"
+    unknown = herald_cli("publish", "t", "x", "--colour", "red")
+    assert unknown.returncode == 2
+    assert "unrecognized arguments: --colour red" in unknown.stderr
 
 
 def test_publish_rejected_exits_1_with_one_line(default_herald: Herald) -> None:

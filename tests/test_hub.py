@@ -13,6 +13,7 @@ from service.keys import stream_key
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 from service.subscriber import Ended, Framer, Subscriber
 from tests.sse import Event, parse
 
@@ -21,7 +22,7 @@ from tests.sse import Event, parse
 async def hub_and_store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Hub, Store]]:
     overrides = getattr(request, "param", {})
     settings = Settings(**overrides)
-    store = Store.connect(settings)
+    store = open_store(settings)
     hub = Hub(store, settings, Metrics())
     yield hub, store
     await hub.stop()

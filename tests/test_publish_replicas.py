@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from service.errors import NotReplicated
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 from tests.conftest import HeraldFactory, RedisServer, free_port, run_herald
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ PATHS = {"single": _single, "batch": _batch, "idempotent": _once, "with a mark":
 
 
 def _store(url: str, timeout_ms: int) -> Store:
-    return Store.connect(
+    return open_store(
         Settings(redis_url=url, publish_replicas=1, publish_replicas_timeout_ms=timeout_ms)
     )
 

@@ -14,12 +14,13 @@ from service.replay import is_trimmed, replay
 from service.settings import Settings
 from service.sse import Frame
 from service.store import Store, StreamInfo
+from service.stores import open_store
 from tests.sse import parse
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
-    store = Store.connect(Settings())
+    store = open_store(Settings())
     yield store
     await store.close()
 

@@ -25,6 +25,7 @@ from service.keys import stream_key, worker_mark
 from service.models import PublishEvent
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 from tests.conftest import HeraldFactory, RedisServer
 from workers.lines import MIN_LIMIT, Line, LineSplitter
 from workers.logs import Limits, Source, parse_files, run
@@ -201,7 +202,7 @@ async def start_worker(flushed_redis: RedisServer) -> AsyncIterator[StartWorker]
             logs_poll_seconds=POLL_SECONDS,
             **settings,
         )
-        store = Store.connect(config) if redis else None
+        store = open_store(config) if redis else None
         if url is None:
             assert store is not None, "a worker needs Redis or Herald's URL"
             sink: Sink = StoreSink(store, config)

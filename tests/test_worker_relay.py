@@ -28,7 +28,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service.settings import Settings
-from service.store import Store
+from service.stores import open_store
 from tests.conftest import ROOT, HeraldFactory, RedisServer, free_port, run_herald, wait_until
 from tests.sse import Event, SSEStream
 from workers.openai_stream import ChatMessage, Upstream
@@ -229,7 +229,7 @@ async def relay_to_redis(
 ) -> AsyncIterator[Relay]:
     """`await relay(topic, upstream)`: relay_answer into the real Redis; the topic's entries."""
     settings = Settings(redis_url=flushed_redis.url)
-    store = Store.connect(settings)
+    store = open_store(settings)
 
     async def relay(topic: str, upstream: Upstream) -> Entries:
         publish = StoreSink(store, settings).publish

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.settings import Settings
-from service.store import Store
+from service.stores import open_store
 from tests.conftest import RedisServer, wait_until
 from workers import stocks
 from workers.runtime import Runtime, run_until_stopped
@@ -79,7 +79,7 @@ async def test_ticks_land_in_each_symbols_stream_with_the_documented_fields(
     settings = Settings(
         redis_url=flushed_redis.url, stocks_symbols="AAPL=100,MSFT=50", stocks_rate=40
     )
-    store = Store.connect(settings)
+    store = open_store(settings)
     runtime = Runtime("stocks", settings, StoreSink(store, settings), store)
     started = time.time()
     task = asyncio.create_task(run_until_stopped(stocks.run, runtime))

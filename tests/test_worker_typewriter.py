@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.settings import Settings
-from service.store import Store
+from service.stores import open_store
 from tests.conftest import ROOT, HeraldFactory, RedisServer, wait_until
 from tests.sse import SSEStream
 from workers import typewriter
@@ -73,7 +73,7 @@ async def test_an_answer_streams_as_tokens_then_done(
 ) -> None:
     text = "Streaming, token by token:\nlike an LLM — with ünïcode too."
     settings = Settings(redis_url=flushed_redis.url, typewriter_tokens_per_second=500)
-    store = Store.connect(settings)
+    store = open_store(settings)
     runtime = Runtime("typewriter", settings, StoreSink(store, settings), store)
     try:
         answer = await asyncio.wait_for(

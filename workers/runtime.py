@@ -23,6 +23,7 @@ from service.client import Unavailable
 from service.errors import REDIS_DOWN, NotReplicated, OutcomeUnknown
 from service.settings import Settings
 from service.store import Store
+from service.stores import open_store
 from workers.sink import HttpSink, Sink, StoreSink
 
 log = logging.getLogger("herald.worker")
@@ -128,7 +129,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 async def run_process(name: str, main: WorkerMain, settings: Settings) -> None:
     """Run one worker as its own process until SIGTERM or SIGINT."""
-    store = Store.connect(settings) if settings.redis_url else None
+    store = open_store(settings) if settings.redis_url else None
     if store is not None:
         await store.start()
     if settings.url:

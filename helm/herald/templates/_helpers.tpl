@@ -65,9 +65,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not .Values.redis.url) (not .Values.redis.deploy) (not .Values.existingSecret) -}}
 {{- fail "Herald needs Redis: set redis.url (your Redis), redis.deploy=true (one for trying out), or existingSecret with HERALD_REDIS_URL" -}}
 {{- end -}}
-{{- if and .Values.redis.url .Values.redis.deploy -}}
-{{- fail "set either redis.url or redis.deploy=true, not both" -}}
 {{- end -}}
+
+{{/* "true" when the chart runs its own Redis: asked for, and no redis.url given (a URL
+means "use this Redis"). */}}
+{{- define "herald.ownRedis" -}}
+{{- if and .Values.redis.deploy (not .Values.redis.url) -}}true{{- end -}}
 {{- end -}}
 
 {{/* Pod and container security: the restricted Pod Security Standard. */}}
@@ -101,7 +104,7 @@ seccompProfile:
 {{- end -}}
 
 {{- define "herald.env" -}}
-{{- if .Values.redis.deploy }}
+{{- if include "herald.ownRedis" . }}
 - name: HERALD_REDIS_URL
   value: {{ printf "redis://%s-redis:6379/0" (include "herald.fullname" .) | quote }}
 {{- end }}
