@@ -35,7 +35,7 @@ from workers import NAMES
 
 ENV_PREFIX = "HERALD_"
 DEFAULT_URL = "http://127.0.0.1:8000"
-# Beyond the demo producers' own stop timeout.
+# How long the demo producers may take to stop (their own timeout is 3 s) before a SIGKILL.
 _STOP_TIMEOUT_SECONDS = 10.0
 
 

@@ -35,6 +35,14 @@ def worker_pids(app: Herald) -> set[int]:
     return {int(pid) for pid in children.read_text().split()}
 
 
+def is_uvicorn_worker(pid: int) -> bool:
+    """Whether `pid` is a live worker process (not multiprocessing's resource tracker)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def gone_or_zombie(pid: int) -> bool:
     """Whether `pid` has exited (a zombie has, though its parent has not reaped it yet)."""
     try:
@@ -179,6 +187,12 @@ async def test_a_killed_worker_s_streams_leave_the_count_and_its_counts_stay(
             return metric(text, "herald_subscribers") == len(by_pid[survivor])
 
         await wait_until(only_the_survivor_s, "the killed worker's subscribers leaving the count")
+
+        async def replaced() -> bool:
+            workers = {pid for pid in worker_pids(app) if is_uvicorn_worker(pid)}
+            return len(workers - {victim}) == WORKERS
+
+        await wait_until(replaced, "the parent starting a worker in the killed one's place")
         # Counters are totals since the server started, the dead process's included.
         assert metric(await scrape(client, app), "herald_published_events_total") == 3
 
