@@ -243,10 +243,11 @@ def broadcast_burst(
     bench: Bench, server: Server, subs: Subscribers, usage: Usage
 ) -> dict[str, Any]:
     n, events = bench.sizes.subscribers, bench.sizes.burst_events
-    window = Window(server, cpu_of(subs.report()))
+    meter = CpuMeter(server, bench, cpu_of(subs.report()))
     subs.mark()
     pub = publish_to(bench, server, usage, events)
     report = subs.wait_for(lambda r: r["complete"] >= n, bench.sizes.stall_seconds, 900)
+    cpu = meter.read(cpu_of(report))
     seconds = report["seconds_to_complete"]
     # A server that never delivers everything is rated by what it did deliver, until
     # its last delivery; "complete" says which of the two the figure is.
@@ -262,7 +263,10 @@ def broadcast_burst(
         "expected": n * events,
         **latency(report),
         **integrity(report),
-        **window.shares(report),
+        **cpu.shares(),
+        "server_us_per_delivery": (
+            round(cpu.server * 1e6 / report["events"], 2) if report["events"] else None
+        ),
     }
 
 
@@ -736,6 +740,8 @@ PLAIN_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("1a p99 ms", ("broadcast", "burst", "p99_ms")),
     ("1a gaps / dups", ("broadcast", "burst", "gaps")),
     ("1a server / loadgen CPU %", ("broadcast", "burst", "server_cpu_share")),
+    ("1a others' CPU, server / load core %", ("broadcast", "burst", "server_core_others_share")),
+    ("1a server µs per delivery", ("broadcast", "burst", "server_us_per_delivery")),
     ("1b max sustained events/s", ("broadcast", "steady", "max_sustained_rate")),
     ("1 wall s", ("broadcast", "wall_s")),
     ("1 server CPU s", ("broadcast", "server_cpu_s")),
@@ -780,6 +786,10 @@ def plain_cell(result: dict[str, Any], path: tuple[str, ...]) -> str:
     if path[-1] == "server_cpu_share" and value != "":
         other = lookup(result, (*path[:-1], "loadgen_cpu_share"))
         return f"{value:.0%} / {other:.0%}"
+    if path[-1] == "server_core_others_share" and value != "":
+        # With several workers the cores are shared, and counted together.
+        other = lookup(result, (*path[:-1], "load_core_others_share"))
+        return f"{percent(value)} / {percent(other)}"
     if path[-1] in PAIRED and value != "":
         return f"{cell(value)} / {cell(lookup(result, (*path[:-1], PAIRED[path[-1]])))}"
     if path[-1].endswith("_bytes") and "per_conn" not in path[-1] and value != "":
@@ -886,6 +896,10 @@ def label(kind: str, workers: int) -> str:
 
 SCALING_FIGURES: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("burst deliveries/s", lambda r: lookup(r, ("broadcast", "burst", "deliveries_per_s"))),
+    (
+        "burst server µs/delivery",
+        lambda r: lookup(r, ("broadcast", "burst", "server_us_per_delivery")),
+    ),
     ("max steady events/s", lambda r: lookup(r, ("broadcast", "steady", "max_sustained_rate"))),
     ("tokens (POST) highest K", lambda r: lookup(r, ("tokens_post", "max_sustained_answers"))),
     ("tokens (stream) highest K", lambda r: lookup(r, ("tokens_stream", "max_sustained_answers"))),

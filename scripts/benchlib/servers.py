@@ -155,6 +155,9 @@ def nginx_config(port: int, prefix: Path, workers: int = 1) -> str:
     """Nchan as a standalone broadcaster: in-memory channels, live-only SSE; one worker
     (or `workers`, each bound to one of the cores nginx may use)."""
     affinity = "\nworker_cpu_affinity auto;" if workers > 1 else ""
+    # A socket per worker, spread by the kernel: on one shared socket the worker that
+    # woke first took all of a slow trickle of connections.
+    reuseport = " reuseport" if workers > 1 else ""
     temp_paths = "\n".join(
         f"  {name}_temp_path {prefix / name};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -178,7 +181,7 @@ http {{
   nchan_max_reserved_memory 256M;
   server {{
     # a resume storm connects thousands of clients at once
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{reuseport};
     # every channel keeps its last 1000 messages for an hour, so Last-Event-ID can resume
     nchan_message_buffer_length 1000;
     nchan_message_timeout 1h;
