@@ -569,8 +569,9 @@ class Cpu:
     # Everything else on each core: the machine's other users (None when nothing is pinned).
     server_core_others: float | None
     load_core_others: float | None
+    per_worker: list[float]  # of `server`, each worker process's seconds
 
-    def shares(self) -> dict[str, float | None]:
+    def shares(self) -> dict[str, Any]:
         def share(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds / self.wall, 3)
 
@@ -579,6 +580,7 @@ class Cpu:
             "loadgen_cpu_share": share(self.loadgen),
             "server_core_others_share": share(self.server_core_others),
             "load_core_others_share": share(self.load_core_others),
+            "worker_cpu_shares": [share(seconds) for seconds in self.per_worker],
         }
 
     @staticmethod
@@ -595,6 +597,7 @@ class CpuMeter:
         self.server = server
         self.cores = (bench.server_core, bench.load_core)
         self.workers = bench.workers
+        self.per_worker = server.cpu_per_worker()
         self.start = time.monotonic()
         self.server_cpu = server.cpu()
         self.redis_cpu = self._redis_cpu()
@@ -632,7 +635,11 @@ class CpuMeter:
                     max(0.0, after[0] - before[0] - server),
                     max(0.0, after[1] - before[1] - loadgen - redis),
                 )
-        return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others)
+        per_worker = [
+            round(after - before, 3)
+            for before, after in zip(self.per_worker, self.server.cpu_per_worker(), strict=True)
+        ]
+        return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others, per_worker)
 
 
 SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
@@ -742,6 +749,7 @@ PLAIN_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("1a server / loadgen CPU %", ("broadcast", "burst", "server_cpu_share")),
     ("1a others' CPU, server / load core %", ("broadcast", "burst", "server_core_others_share")),
     ("1a server µs per delivery", ("broadcast", "burst", "server_us_per_delivery")),
+    ("1a CPU of each worker %", ("broadcast", "burst", "worker_cpu_shares")),
     ("1b max sustained events/s", ("broadcast", "steady", "max_sustained_rate")),
     ("1 wall s", ("broadcast", "wall_s")),
     ("1 server CPU s", ("broadcast", "server_cpu_s")),
@@ -786,6 +794,8 @@ def plain_cell(result: dict[str, Any], path: tuple[str, ...]) -> str:
     if path[-1] == "server_cpu_share" and value != "":
         other = lookup(result, (*path[:-1], "loadgen_cpu_share"))
         return f"{value:.0%} / {other:.0%}"
+    if path[-1] == "worker_cpu_shares" and value != "":
+        return " / ".join(map(percent, value))
     if path[-1] == "server_core_others_share" and value != "":
         # With several workers the cores are shared, and counted together.
         other = lookup(result, (*path[:-1], "load_core_others_share"))

@@ -62,6 +62,10 @@ class Server:
     def cpu(self) -> float:
         return sum(map(cpu_seconds, self.measured_pids))
 
+    def cpu_per_worker(self) -> list[float]:
+        """CPU seconds each worker process has used, in the order of its core."""
+        return [cpu_seconds(pid) for pid in self.worker_pids]
+
     def connections_per_worker(self) -> list[int]:
         """Open connections each worker process holds, in the order of its core."""
         held = connections_by_pid(self.port, self.worker_pids)
