@@ -24,7 +24,7 @@ from tests.sse import SSEStream
 pytestmark = pytest.mark.integration
 
 WORKERS = 2
-# Connections are spread by whichever process accepts first; far fewer always reach both.
+# Whichever process accepts first takes a connection; a few have always reached both here.
 MAX_STREAMS = 60
 ESTABLISHED = "01"
 
