@@ -24,8 +24,14 @@ Shapes:
              from /proc.
 The baseline runs broadcast and topics only.
 
+Scaling: `--workers 1 2` runs every server once per count, Herald as `serve --workers N`
+and nginx with N worker processes, worker i pinned to core i; the load stays where it
+was, so with 2 workers on a 2-core machine the second worker shares core 1 with the load
+generator and Redis. A table then gives each count's figures against one worker's.
+
     python scripts/bench_vs_nchan.py --servers herald nchan --json /tmp/bench.json
     python scripts/bench_vs_nchan.py --servers herald nchan --shapes tokens
+    python scripts/bench_vs_nchan.py --servers herald nchan --shapes broadcast tokens --workers 1 2
     python scripts/bench_vs_nchan.py --quick
 """
 
@@ -112,6 +118,7 @@ class Bench:
     sizes: Sizes
     server_core: int | None
     load_core: int | None
+    workers: int = 1  # server processes, pinned to server_core, server_core + 1, …
 
 
 def log(message: str) -> None:
@@ -217,22 +224,30 @@ def broadcast(bench: Bench, server: Server) -> dict[str, Any]:
     options = SubOptions(conns=sizes.subscribers, expect=sizes.burst_events)
     with subscribers(bench, server, options, "broadcast") as subs:
         require_connected(subs, sizes.subscribers)
-        log(f"[{server.kind}] broadcast: {sizes.subscribers} subscribers connected")
+        spread = server.connections_per_worker()
+        log(f"[{server.kind}] broadcast: {sizes.subscribers} subscribers connected {spread}")
         burst = broadcast_burst(bench, server, subs, usage)
         log(f"[{server.kind}] burst: {burst['deliveries_per_s']} deliveries/s")
         steady = broadcast_steps(bench, server, subs, usage, next_seq=sizes.burst_events + 1)
         usage.closed(subs.close())
-    return {"subscribers": sizes.subscribers, "burst": burst, "steady": steady, **usage.summary()}
+    return {
+        "subscribers": sizes.subscribers,
+        "conns_per_worker": spread,
+        "burst": burst,
+        "steady": steady,
+        **usage.summary(),
+    }
 
 
 def broadcast_burst(
     bench: Bench, server: Server, subs: Subscribers, usage: Usage
 ) -> dict[str, Any]:
     n, events = bench.sizes.subscribers, bench.sizes.burst_events
-    window = Window(server, cpu_of(subs.report()))
+    meter = CpuMeter(server, bench, cpu_of(subs.report()))
     subs.mark()
     pub = publish_to(bench, server, usage, events)
     report = subs.wait_for(lambda r: r["complete"] >= n, bench.sizes.stall_seconds, 900)
+    cpu = meter.read(cpu_of(report))
     seconds = report["seconds_to_complete"]
     # A server that never delivers everything is rated by what it did deliver, until
     # its last delivery; "complete" says which of the two the figure is.
@@ -248,7 +263,10 @@ def broadcast_burst(
         "expected": n * events,
         **latency(report),
         **integrity(report),
-        **window.shares(report),
+        **cpu.shares(),
+        "server_us_per_delivery": (
+            round(cpu.server * 1e6 / report["events"], 2) if report["events"] else None
+        ),
     }
 
 
@@ -474,7 +492,9 @@ def token_streams(bench: Bench, kind: str, mode: str) -> dict[str, Any]:
 
 def token_attempt(bench: Bench, kind: str, mode: str, answers: int) -> dict[str, Any]:
     try:
-        with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
+        with running_server(
+            kind, bench.workdir, bench.server_core, bench.load_core, bench.workers
+        ) as server:
             step = token_step(bench, server, mode, answers)
     except BenchError as error:
         log(f"[{kind}] tokens {mode} K={answers}: {error}")
@@ -500,6 +520,7 @@ def token_step(bench: Bench, server: Server, mode: str, answers: int) -> dict[st
     options = SubOptions(conns=answers, topics=answers, expect=tokens)
     with subscribers(bench, server, options, f"tokens-{mode}-{answers}") as subs:
         require_connected(subs, answers)
+        spread = server.connections_per_worker()
         meter = CpuMeter(server, bench, cpu_of(subs.report()))
         subs.mark()
         pub = produce_tokens(
@@ -511,6 +532,7 @@ def token_step(bench: Bench, server: Server, mode: str, answers: int) -> dict[st
     delivered = report["events"]
     step = {
         "answers": answers,
+        "conns_per_worker": spread,
         "tokens_per_s": answers * TOKEN_RATE,
         "tokens": expected,
         "published": pub["sent"],
@@ -547,8 +569,9 @@ class Cpu:
     # Everything else on each core: the machine's other users (None when nothing is pinned).
     server_core_others: float | None
     load_core_others: float | None
+    per_worker: list[float]  # of `server`, each worker process's seconds
 
-    def shares(self) -> dict[str, float | None]:
+    def shares(self) -> dict[str, Any]:
         def share(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds / self.wall, 3)
 
@@ -557,6 +580,7 @@ class Cpu:
             "loadgen_cpu_share": share(self.loadgen),
             "server_core_others_share": share(self.server_core_others),
             "load_core_others_share": share(self.load_core_others),
+            "worker_cpu_shares": [share(seconds) for seconds in self.per_worker],
         }
 
     @staticmethod
@@ -572,6 +596,8 @@ class CpuMeter:
     def __init__(self, server: Server, bench: Bench, loadgen_cpu: float) -> None:
         self.server = server
         self.cores = (bench.server_core, bench.load_core)
+        self.workers = bench.workers
+        self.per_worker = server.cpu_per_worker()
         self.start = time.monotonic()
         self.server_cpu = server.cpu()
         self.redis_cpu = self._redis_cpu()
@@ -581,11 +607,16 @@ class CpuMeter:
     def _redis_cpu(self) -> float:
         return self.server.redis.cpu() if self.server.redis else 0.0
 
-    def _busy(self) -> tuple[float, float] | None:
+    def _busy(self) -> tuple[float, float | None] | None:
+        """Busy seconds of the server's cores and of the load core; when they overlap
+        (several workers), of all of them together, and None for the load core."""
         server_core, load_core = self.cores
         if server_core is None or load_core is None:
             return None
-        return core_busy_seconds(server_core), core_busy_seconds(load_core)
+        server_cores = set(range(server_core, server_core + self.workers))
+        if load_core in server_cores:
+            return sum(map(core_busy_seconds, server_cores | {load_core})), None
+        return sum(map(core_busy_seconds, server_cores)), core_busy_seconds(load_core)
 
     def read(self, loadgen_cpu: float) -> Cpu:
         """`loadgen_cpu`: what the load generators have used by now, in all."""
@@ -595,12 +626,20 @@ class CpuMeter:
         before, after = self.busy, self._busy()
         others: tuple[float | None, float | None] = (None, None)
         if before is not None and after is not None:
-            # Redis shares the load generator's core.
-            others = (
-                max(0.0, after[0] - before[0] - server),
-                max(0.0, after[1] - before[1] - loadgen - redis),
-            )
-        return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others)
+            if before[1] is None or after[1] is None:
+                # One set of cores for everyone: what is not theirs is the others'.
+                others = (max(0.0, after[0] - before[0] - server - loadgen - redis), None)
+            else:
+                # Redis shares the load generator's core.
+                others = (
+                    max(0.0, after[0] - before[0] - server),
+                    max(0.0, after[1] - before[1] - loadgen - redis),
+                )
+        per_worker = [
+            round(after - before, 3)
+            for before, after in zip(self.per_worker, self.server.cpu_per_worker(), strict=True)
+        ]
+        return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others, per_worker)
 
 
 SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
@@ -632,12 +671,16 @@ def runs(kind: str, shape: str) -> list[tuple[str, Run]]:
 def on_fresh_server(
     bench: Bench, kind: str, runner: Callable[[Bench, Server], dict[str, Any]]
 ) -> dict[str, Any]:
-    with running_server(kind, bench.workdir, bench.server_core, bench.load_core) as server:
+    with running_server(
+        kind, bench.workdir, bench.server_core, bench.load_core, bench.workers
+    ) as server:
         return runner(bench, server)
 
 
 def run_server(bench: Bench, kind: str, shapes: list[str]) -> dict[str, Any]:
     reason = unavailable_reason(kind)
+    if bench.workers > 1 and kind == "baseline":
+        reason = "the baseline runs one process only"
     if reason:
         log(f"[{kind}] skipped: {reason}")
         return {"skipped": reason}
@@ -696,6 +739,7 @@ def step_rows(results: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, An
 
 
 PLAIN_ROWS: list[tuple[str, tuple[str, ...]]] = [
+    ("1 connections per worker", ("broadcast", "conns_per_worker")),
     ("1a burst deliveries/s", ("broadcast", "burst", "deliveries_per_s")),
     ("1a burst seconds", ("broadcast", "burst", "seconds")),
     ("1a delivered / expected", ("broadcast", "burst", "delivered")),
@@ -703,6 +747,9 @@ PLAIN_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("1a p99 ms", ("broadcast", "burst", "p99_ms")),
     ("1a gaps / dups", ("broadcast", "burst", "gaps")),
     ("1a server / loadgen CPU %", ("broadcast", "burst", "server_cpu_share")),
+    ("1a others' CPU, server / load core %", ("broadcast", "burst", "server_core_others_share")),
+    ("1a server µs per delivery", ("broadcast", "burst", "server_us_per_delivery")),
+    ("1a CPU of each worker %", ("broadcast", "burst", "worker_cpu_shares")),
     ("1b max sustained events/s", ("broadcast", "steady", "max_sustained_rate")),
     ("1 wall s", ("broadcast", "wall_s")),
     ("1 server CPU s", ("broadcast", "server_cpu_s")),
@@ -747,6 +794,12 @@ def plain_cell(result: dict[str, Any], path: tuple[str, ...]) -> str:
     if path[-1] == "server_cpu_share" and value != "":
         other = lookup(result, (*path[:-1], "loadgen_cpu_share"))
         return f"{value:.0%} / {other:.0%}"
+    if path[-1] == "worker_cpu_shares" and value != "":
+        return " / ".join(map(percent, value))
+    if path[-1] == "server_core_others_share" and value != "":
+        # With several workers the cores are shared, and counted together.
+        other = lookup(result, (*path[:-1], "load_core_others_share"))
+        return f"{percent(value)} / {percent(other)}"
     if path[-1] in PAIRED and value != "":
         return f"{cell(value)} / {cell(lookup(result, (*path[:-1], PAIRED[path[-1]])))}"
     if path[-1].endswith("_bytes") and "per_conn" not in path[-1] and value != "":
@@ -846,6 +899,43 @@ def token_summary(runs: dict[str, dict[str, Any]]) -> str:
     return aligned(header, body)
 
 
+def label(kind: str, workers: int) -> str:
+    """A server's name in the results: its kind, and its worker count when not 1."""
+    return kind if workers == 1 else f"{kind} x{workers}"
+
+
+SCALING_FIGURES: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("burst deliveries/s", lambda r: lookup(r, ("broadcast", "burst", "deliveries_per_s"))),
+    (
+        "burst server µs/delivery",
+        lambda r: lookup(r, ("broadcast", "burst", "server_us_per_delivery")),
+    ),
+    ("max steady events/s", lambda r: lookup(r, ("broadcast", "steady", "max_sustained_rate"))),
+    ("tokens (POST) highest K", lambda r: lookup(r, ("tokens_post", "max_sustained_answers"))),
+    ("tokens (stream) highest K", lambda r: lookup(r, ("tokens_stream", "max_sustained_answers"))),
+]
+
+
+def scaling_table(results: dict[str, Any], counts: list[int]) -> str:
+    """Each server's figures with N workers against its figures with one."""
+    if len(counts) < 2 or 1 not in counts:
+        return ""
+    body = []
+    for kind in dict.fromkeys(key.split(" x")[0] for key in results):
+        one = results.get(kind, {})
+        for title, figure in SCALING_FIGURES:
+            base = figure(one)
+            if base in ("", None):
+                continue
+            row = [f"{kind}: {title}", cell(base)]
+            for n in (n for n in counts if n != 1):
+                value = figure(results.get(label(kind, n), {}))
+                row.append(f"{cell(value)} ({ratio(value or None, base)})" if value != "" else "")
+            body.append(row)
+    header = ["scaling", "1 worker", *(f"{n} workers (vs 1)" for n in counts if n != 1)]
+    return aligned(header, body) if body else ""
+
+
 def percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
@@ -882,6 +972,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", type=float, nargs="+", help="steady rates, events/s")
     parser.add_argument("--answers", type=int, nargs="+", help="token stream steps, answers (K)")
     parser.add_argument("--answer-seconds", type=float, help="seconds an answer lasts (10)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="server worker processes, one run per count, worker i pinned to core i (1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -920,10 +1017,11 @@ def herald_tree() -> str | None:
     return f"{commit}+changes" if commit and changed else commit or None
 
 
-def cores() -> tuple[int | None, int | None]:
-    """(server core, load core): 0 and 1 when this process may use both, else unpinned."""
+def cores(workers: int = 1) -> tuple[int | None, int | None]:
+    """(server core, load core): 0 and 1 when this process may use both (and cores up to
+    `workers` - 1), else unpinned."""
     allowed = os.sched_getaffinity(0)
-    if {0, 1} <= allowed:
+    if {0, 1} | set(range(workers)) <= allowed:
         return 0, 1
     log("bench: cores 0 and 1 are not both available; nothing is pinned")
     return None, None
@@ -932,7 +1030,7 @@ def cores() -> tuple[int | None, int | None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
-    server_core, load_core = cores()
+    server_core, load_core = cores(max(args.workers))
     if load_core is not None:
         os.sched_setaffinity(0, {load_core})  # keep the orchestrator off the server's core
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -940,8 +1038,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-vs-nchan-"))
     workdir.chmod(0o755)  # nginx's worker runs as nobody and reaches into it
     bench = Bench(build_loadgen(workdir / "bin"), workdir, sizes, server_core, load_core)
-    results = {kind: run_server(bench, kind, args.shapes) for kind in args.servers}
-    print("\n\n".join(text for text in (table(results), token_table(results)) if text))
+    results = {
+        label(kind, n): run_server(replace(bench, workers=n), kind, args.shapes)
+        for n in args.workers
+        for kind in args.servers
+    }
+    tables = (table(results), token_table(results), scaling_table(results, args.workers))
+    print("\n\n".join(text for text in tables if text))
     for kind, result in results.items():
         if "skipped" in result:
             print(f"{kind}: skipped, {result['skipped']}")
@@ -952,6 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         document = {
             "sizes": asdict(sizes),
             "cores": {"server": server_core, "load": load_core, "online": os.cpu_count()},
+            "workers": args.workers,
             "python": platform.python_version(),
             "herald_tree": herald_tree(),
             "results": results,

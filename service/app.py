@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from service import __version__, api_docs, errors, keys, mercure, mercure_sse, openapi, routes
+from service import (
+    __version__,
+    api_docs,
+    errors,
+    keys,
+    mercure,
+    mercure_sse,
+    openapi,
+    routes,
+    shutdown,
+)
 from service.auth import Authenticator
 from service.cluster import ClusterStore
 from service.context import Context
@@ -35,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Edge:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        shutdown.watch()
         store = open_store(settings)
         await store.start()
         if store.embedded:
@@ -54,7 +65,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         hub = Hub(store, settings, metrics, {keys.MERCURE_TOPIC: mercure_sse.encode_entry})
         presence = Presence(store, hub, settings)
         presence.start()
-        demo = _start_demo(store, settings) if settings.demo else None
+        # With several worker processes, `herald serve` runs the producers once, beside them.
+        demo = _start_demo(store, settings) if settings.demo and settings.workers == 1 else None
         limiter = (
             RateLimiter(settings.publish_rate, settings.publish_burst)
             if settings.publish_rate > 0
@@ -77,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             await presence.stop()
             await hub.stop()
             await store.close()
+            metrics.close()
 
     docs = settings.api_docs
     app = FastAPI(

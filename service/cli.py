@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import uvicorn
 from pydantic import JsonValue, SecretStr, ValidationError
 
-# Imported for its effect: uvicorn's exit handler must be patched before uvicorn runs.
-import service.shutdown  # noqa: F401
+from service import metrics
 from service.check import DEFAULT_TIMEOUT, CheckFailed, round_trip
 from service.client import AsyncPublisher, ClientError, LineRejected, Publisher, Rejected
 from service.models import PublishEvent, StreamPublished
@@ -45,6 +46,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TOKEN_TTL = "1h"
 CLIENT_SETTINGS = ("url", "token")
 """What `herald publish`, `tail`, `check` and the workers over HTTP talk to."""
+# How long the demo producers may take to stop (their own timeout is 3 s) before a SIGKILL.
+_STOP_TIMEOUT_SECONDS = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -67,26 +70,58 @@ def main(argv: Sequence[str] | None = None) -> None:
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     settings = _settings(args, parser)
     if settings.redis_url is None and settings.workers > 1:
-        parser.exit(2, "herald: --workers > 1 needs HERALD_REDIS_URL (workers share Redis)\n")
+        parser.exit(
+            2,
+            f"herald: --workers {settings.workers} needs HERALD_REDIS_URL: the worker processes "
+            "share one Redis, and the embedded fakeredis lives inside a single process\n",
+        )
     if settings.redis_url is None and settings.publish_replicas:
         parser.exit(2, "herald: --publish-replicas needs HERALD_REDIS_URL (fakeredis has none)\n")
-    if settings.demo and settings.workers > 1:
-        parser.exit(2, "herald: --demo runs its producers in one process; use --workers 1\n")
     # uvicorn re-raises the signal that stopped it; after a graceful stop, exit 0.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: sys.exit(0))
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        # By name: every worker process imports it and reads the header timeout itself.
-        http="service.header_timeout:HeaderTimeoutProtocol",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.lower(),
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-    )
+    with contextlib.ExitStack() as beside:
+        if settings.workers > 1 or metrics.MULTIPROCESS_DIR in os.environ:
+            beside.enter_context(metrics.shared_across_processes())
+        if settings.workers > 1 and settings.demo:
+            beside.enter_context(_process(_demo_producers, "herald-demo"))
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            # By name: every worker process imports it and reads the header timeout itself.
+            http="service.header_timeout:HeaderTimeoutProtocol",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        )
+
+
+@contextlib.contextmanager
+def _process(target: Callable[[], None], name: str) -> Iterator[None]:
+    """`target` in a process of its own while the block runs; SIGTERM at its end."""
+    process = multiprocessing.get_context("spawn").Process(target=target, name=name)
+    process.start()
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.join(_STOP_TIMEOUT_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _demo_producers() -> None:
+    """`--demo` with several worker processes: the producers run once, here, not in each."""
+    from workers import demo
+    from workers.runtime import run_process
+
+    settings = Settings()
+    _configure_logging(settings.log_level)
+    asyncio.run(run_process("demo", demo.run, settings))
 
 
 def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

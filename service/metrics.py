@@ -1,11 +1,58 @@
-"""Prometheus metrics, one registry per app so several apps can live in one process."""
+"""Prometheus metrics, one registry per app so several apps can live in one process.
+
+With `herald serve --workers N` a scrape reaches one of the N processes, and must still
+describe the whole server, as a Kubernetes user expects of a pod: `herald serve` then
+turns on prometheus_client's multiprocess mode (`shared_across_processes`). Each process
+keeps its values in memory-mapped files of one directory, and `/metrics`, whichever
+process answers, sums the counters of every process that ever ran there and the gauges
+of those alive; the reader lag is the largest.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# The files of a process's live gauges, which must go when the process does.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+@contextmanager
+def shared_across_processes() -> Iterator[Path]:
+    """Multiprocess mode for the worker processes started inside: `PROMETHEUS_MULTIPROC_DIR`
+    as given (emptied of an earlier run's files), else a directory of its own, removed
+    at the end.
+
+    prometheus_client reads the variable when it is imported, so the processes must be
+    started after this, and not forked from one that recorded metrics.
+    """
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="herald-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = str(directory)
+    try:
+        yield directory
+    finally:
+        if not given:
+            del os.environ[MULTIPROCESS_DIR]
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class Metrics:
@@ -21,10 +68,16 @@ class Metrics:
             registry=r,
         )
         self.subscribers = Gauge(
-            "herald_subscribers", "Open SSE subscriptions in this process.", registry=r
+            "herald_subscribers",
+            "Open SSE subscriptions in this server (all its worker processes).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.topics = Gauge(
-            "herald_topics", "Topics the hub follows for local subscribers.", registry=r
+            "herald_topics",
+            "Topics the hubs follow for local subscribers, summed over worker processes.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.append_round_trips = Counter(
             "herald_append_round_trips",
@@ -69,6 +122,7 @@ class Metrics:
             "Age of the newest entry of the last batch a hub reader delivered, per node.",
             ["node"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.refused = Counter(
             "herald_refused_streams",
@@ -77,4 +131,34 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if not directory:
+            return generate_latest(self.registry)
+        _forget_dead_processes(directory)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, directory)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
+
+    def close(self) -> None:
+        """Take this process's gauges out of the sums of a multiprocess server."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of processes that died without `close()` (killed, crashed):
+    uvicorn replaces such a worker, and its streams are gone."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*.db")):
+        match = _LIVE_GAUGE_FILE.fullmatch(os.path.basename(path))
+        if match and not _alive(int(match[1])):
+            mark_process_dead(int(match[1]), directory)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, as another user
+        return True
+    return True

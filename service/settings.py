@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `herald serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `herald serve` listens on.")
-    workers: int = Field(default=1, ge=1, description="Worker processes, each with its own hub.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Processes serving the port, each a whole Herald with its own hub (about "
+        "one per core); more than 1 needs HERALD_REDIS_URL.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(
         default=False,

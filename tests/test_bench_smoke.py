@@ -53,3 +53,35 @@ def test_the_quick_benchmark_runs_every_shape_losing_nothing(tmp_path: Path) -> 
         assert step["publish_errors"] == 0, (server, mode, step)
         for figure in ("p50_ms", "p99_ms", "server_us_per_token", "server_cpu_share"):
             assert isinstance(step[figure], int | float), (server, mode, figure)
+
+
+def test_the_quick_benchmark_runs_servers_with_two_worker_processes(tmp_path: Path) -> None:
+    if not NCHAN and os.environ.get("CI") != "true":
+        pytest.skip("nginx with the Nchan module is not installed (scripts/install adds it)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two worker processes are pinned to two cores")
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_vs_nchan.py", "--quick", "--json", str(out),
+         "--servers", "herald", "nchan", "--shapes", "broadcast", "tokens", "--workers", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+
+    assert set(results) == {"herald x2", "nchan x2"}
+    for server in results.values():
+        burst = server["broadcast"]["burst"]
+        assert burst["delivered"] == burst["expected"]
+        assert (burst["gaps"], burst["dups"]) == (0, 0)
+        # Every subscriber is held by one of the two workers.
+        conns = server["broadcast"]["conns_per_worker"]
+        assert len(conns) == 2 and sum(conns) == server["broadcast"]["subscribers"]
+        assert len(burst["worker_cpu_shares"]) == 2
+    for server, mode in [("herald x2", "post"), ("herald x2", "stream"), ("nchan x2", "post")]:
+        (step,) = results[server][f"tokens_{mode}"]["steps"]
+        assert (step["lost"], step["gaps"], step["dups"]) == (0, 0, 0), (server, mode, step)
+        assert step["delivered"] == step["published"] == step["tokens"], (server, mode, step)

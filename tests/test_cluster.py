@@ -352,6 +352,11 @@ def migrate_slot(cluster: Cluster, topic: str) -> tuple[int, int]:
     for port in cluster.primaries():
         with redis.Redis(port=port) as client:
             client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    # Replicas learn the new owner by gossip: wait until the node the test asks agrees.
+    deadline = time.monotonic() + 30
+    while cluster.primary_of(topic) != target:
+        assert time.monotonic() < deadline, f"slot {slot} never showed on {target}"
+        time.sleep(0.05)
     return source, target
 
 

@@ -25,6 +25,7 @@ PORT_ATTEMPTS = 5
 # redis-server, uvicorn and nginx all say it this way, in this or another case.
 IN_USE = re.compile("address already in use", re.IGNORECASE)
 LISTEN = "0A"  # the state column of /proc/net/tcp
+ESTABLISHED = "01"
 
 
 class BenchError(RuntimeError):
@@ -162,15 +163,59 @@ def _holds_listener(pid: int, port: int) -> bool:
 
 def _listening_sockets(port: int) -> set[str]:
     """The sockets listening on `port`, named as the links in /proc/PID/fd name them."""
+    return _sockets(port, LISTEN)
+
+
+def _sockets(port: int, state: str) -> set[str]:
+    """The sockets of local port `port` in `state`, named as /proc/PID/fd links name them."""
     found = set()
     for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
         if not table.exists():  # a kernel without IPv6
             continue
         for row in table.read_text().splitlines()[1:]:
             fields = row.split()
-            if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 found.add(f"socket:[{fields[9]}]")
     return found
+
+
+def connections_by_pid(port: int, pids: Sequence[int]) -> dict[int, int]:
+    """How many open connections to `port` each of `pids` holds."""
+    established = _sockets(port, ESTABLISHED)
+    held = {}
+    for pid in pids:
+        n = 0
+        with suppress(OSError):  # it exited
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):  # closed while we looked
+                    n += os.readlink(fd) in established
+        held[pid] = n
+    return held
+
+
+def wait_accepting(port: int, pids: Sequence[int], timeout: float = 30) -> None:
+    """Return once each of `pids` has accepted a connection to `port`.
+
+    Processes sharing a listening socket take whatever arrives as soon as each serves: a
+    worker still starting when the first clients connect would be left without them.
+    """
+    deadline = time.monotonic() + timeout
+    probes: list[socket.socket] = []
+    try:
+        while time.monotonic() < deadline:
+            probes.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            time.sleep(0.02)
+            if all(connections_by_pid(port, pids).values()):
+                return
+            if len(probes) >= 32:
+                for probe in probes:
+                    probe.close()
+                probes.clear()
+                time.sleep(0.2)
+    finally:
+        for probe in probes:
+            probe.close()
+    raise BenchError(f"not every one of {list(pids)} accepted a connection within {timeout} s")
 
 
 def rss_bytes(pid: int) -> int:
