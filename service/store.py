@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any, NewType, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
@@ -32,6 +33,13 @@ XreadReply = list[tuple[bytes, list[Entry]]]
 Arg = NewType("Arg", bytes)
 """A command argument already in its wire form, so a read over thousands of streams
 costs a join, not an encoding of every key and id each time."""
+
+
+class _Expiring(Protocol):
+    """Where appends queue their streams' expiry refreshes: a pipeline or `Packed`."""
+
+    def pexpire(self, name: bytes, time: int) -> Any: ...
+
 
 # Check-and-publish in one step, so that two retries racing each other append once:
 # KEYS = idempotency key, then one stream per event; ARGV = fingerprint, retention,
@@ -185,7 +193,7 @@ class Store:
         if len(events) == 1:
             topic, event, data = events[0]
             return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
-        replies = await self._commit(self._appending(events, retention))
+        replies = await self._commit(self._appending(events, retention), self._client)
         return [_text(raw) for raw in replies[: len(events)]]
 
     async def append(
@@ -208,35 +216,28 @@ class Store:
             ids.append(_text(reply))
         return ids, None
 
-    def _appending(
-        self,
-        events: Sequence[tuple[str, str, str]],
-        retention: int,
-        client: redis.Redis | None = None,
-    ) -> Pipeline:
-        """A transaction that XADDs each (topic, event, data), for `_commit`."""
-        # Inside MULTI, WAIT does not wait: it must follow EXEC on the same connection,
-        # so with replicas to wait for, MULTI and EXEC go as commands of a plain pipeline.
-        pipe = (client or self._client).pipeline(transaction=not self._replicas)
-        if self._replicas:
-            pipe.execute_command("MULTI")
+    def _appending(self, events: Sequence[tuple[str, str, str]], retention: int) -> Packed:
+        """A transaction that XADDs each (topic, event, data), for `_commit` to end and send."""
+        packed = Packed()
+        packed.command(b"MULTI")
         streams = [keys.stream_key(topic) for topic, _, _ in events]
         for stream, (_, event, data) in zip(streams, events, strict=True):
-            pipe.xadd(stream, {"event": event, "data": data}, maxlen=retention, approximate=True)
-        self._expire(pipe, streams)
-        return pipe
+            packed.xadd(stream, event, data, retention)
+        self._expire(packed, streams)
+        return packed
 
-    def _expire(self, pipe: Pipeline, streams: Iterable[bytes]) -> None:
+    def _expire(self, commands: _Expiring, streams: Iterable[bytes]) -> None:
         """Queue, after the appends, the expiry refreshes that `streams` are due."""
         for stream in self.expiry.due(streams):
-            pipe.pexpire(stream, self.expiry.expire_ms)
+            commands.pexpire(stream, self.expiry.expire_ms)
 
-    async def _commit(self, pipe: Pipeline) -> list[Any]:
-        """Run a transaction from `_appending`: the replies of its commands."""
-        if not self._replicas:
-            return await send(pipe)
-        pipe.execute_command("EXEC")
-        replies, shortfall = await self._waiting(pipe)
+    async def _commit(self, packed: Packed, client: redis.Redis) -> list[Any]:
+        """End and run a transaction from `_appending`: the replies of its commands."""
+        packed.command(b"EXEC")
+        # Inside MULTI, WAIT does not wait: it follows EXEC on the same connection.
+        self._wait(packed)
+        replies = await send_packed(client, packed)
+        shortfall = self._shortfall(replies) if self._replicas else None
         *queued, done = replies
         # The first error, as redis-py's transactions raise it: queuing's, then EXEC's.
         for reply in [*queued, done, *([] if isinstance(done, Exception) else done)]:
@@ -246,16 +247,27 @@ class Store:
             raise shortfall
         return list(done)
 
+    def _wait(self, packed: Packed) -> None:
+        """Queue WAIT when replicas must confirm the writes before it (see `_shortfall`)."""
+        if self._replicas:
+            packed.command(b"WAIT", b"%d" % self._replicas, b"%d" % self._replicas_timeout_ms)
+
+    def _shortfall(self, replies: list[Any]) -> NotReplicated | None:
+        """Takes WAIT's reply off the end of `replies`: what is missing when fewer replicas
+        than required confirmed the writes before it."""
+        confirmed = replies.pop()
+        # WAIT itself fails on a server that is no longer a primary: none confirmed.
+        count = confirmed if isinstance(confirmed, int) else 0
+        if count >= self._replicas:
+            return None
+        return NotReplicated(count, self._replicas)
+
     async def _waiting(self, pipe: Pipeline) -> tuple[list[Any], NotReplicated | None]:
         """Run `pipe` followed by WAIT on the same connection: its replies (errors in
         place), and what is missing when fewer replicas than required confirmed them."""
         pipe.execute_command("WAIT", self._replicas, self._replicas_timeout_ms)
-        *replies, confirmed = await send(pipe, raise_on_error=False)
-        # WAIT itself fails on a server that is no longer a primary: none confirmed.
-        count = confirmed if isinstance(confirmed, int) else 0
-        if count >= self._replicas:
-            return replies, None
-        return replies, NotReplicated(count, self._replicas)
+        replies = await send(pipe, raise_on_error=False)
+        return replies, self._shortfall(replies)
 
     async def _confirmed(self, pipe: Pipeline) -> Any:
         """The reply of a pipeline of one keyed write, once as many replicas as required
@@ -350,9 +362,10 @@ class Store:
         mark: Mapping[str, str],
     ) -> list[str]:
         """Publish and record how far a producer got, in one transaction: both or neither."""
-        pipe = self._appending(events, retention, self._client_for(mark_key))
-        pipe.hset(mark_key, mapping=_hash(mark))
-        replies = await self._commit(pipe)
+        packed = self._appending(events, retention)
+        fields = [part.encode() for field in mark.items() for part in field]
+        packed.command(b"HSET", mark_key, *fields)
+        replies = await self._commit(packed, self._client_for(mark_key))
         return [_text(raw) for raw in replies[: len(events)]]
 
     def _client_for(self, key: bytes) -> redis.Redis:
@@ -430,20 +443,20 @@ class Store:
 
     def _send_adds(self) -> None:
         adds, self._adds = self._adds, []
-        pipe = self._client.pipeline(transaction=False)
+        packed = Packed()
         for key, event, data, retention, _ in adds:
-            pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
-        self._expire(pipe, (add[0] for add in adds))
+            packed.xadd(key, event, data, retention)
+        self._expire(packed, (add[0] for add in adds))
+        self._wait(packed)
         self.on_append_round_trip()
-        sending = asyncio.ensure_future(self._adding(pipe))
+        sending = asyncio.ensure_future(self._adding(packed))
         sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
 
-    async def _adding(self, pipe: Pipeline) -> list[Any]:
-        """The replies to `_send_adds`' pipeline; an XADD too few replicas confirmed gets
+    async def _adding(self, packed: Packed) -> list[Any]:
+        """The replies to `_send_adds`' commands; an XADD too few replicas confirmed gets
         the shortfall in place of its id."""
-        if not self._replicas:
-            return await send(pipe, raise_on_error=False)
-        replies, shortfall = await self._waiting(pipe)
+        replies = await send_packed(self._client, packed)
+        shortfall = self._shortfall(replies) if self._replicas else None
         if shortfall is None:
             return replies
         return [reply if isinstance(reply, Exception) else shortfall for reply in replies]
@@ -496,9 +509,74 @@ async def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
         raise OutcomeUnknown() from exc
 
 
+async def send_packed(client: redis.Redis, packed: Packed) -> list[Any]:
+    """Like `send`, for commands already in their wire form, written at once: the reply
+    of each, errors in place. Redis answers them in order on the one connection."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(packed.parts, check_health=False)
+        replies: list[Any] = []
+        for _ in range(packed.count):
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:
+                replies.append(error)
+        return replies
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise OutcomeUnknown() from exc
+    finally:
+        # redis-py closed the connection if it failed mid-way: its replies are lost.
+        await pool.release(connection)
+
+
 def encode_arg(value: bytes) -> Arg:
     """`value` as a RESP bulk string."""
     return Arg(b"$%d\r\n%s\r\n" % (len(value), value))
+
+
+class Packed:
+    """Commands in Redis's wire form, for `send_packed`.
+
+    redis-py's pipeline spent more on packing each XADD and parsing its reply than
+    Redis spends running it; writes are packed here instead, as the hub packs XREAD.
+    """
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.count = 0
+
+    def command(self, *args: bytes) -> None:
+        self.parts.append(b"*%d\r\n" % len(args))
+        self.parts += map(encode_arg, args)
+        self.count += 1
+
+    def xadd(self, stream: bytes, event: str, data: str, retention: int) -> None:
+        """XADD `stream` MAXLEN ~ `retention` * event `event` data `data`."""
+        self.parts += (
+            _XADD,
+            encode_arg(stream),
+            _maxlen(retention),
+            encode_arg(event.encode()),
+            _DATA,
+            encode_arg(data.encode()),
+        )
+        self.count += 1
+
+    def pexpire(self, name: bytes, time: int) -> None:
+        self.command(b"PEXPIRE", name, b"%d" % time)
+
+
+_XADD = b"*10\r\n$4\r\nXADD\r\n"
+_DATA = encode_arg(b"data")
+
+
+@functools.cache
+def _maxlen(retention: int) -> bytes:
+    """XADD's arguments between the stream and the event type."""
+    return b"".join(encode_arg(arg) for arg in (b"MAXLEN", b"~", b"%d" % retention, b"*", b"event"))
 
 
 class StreamReader:
