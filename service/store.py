@@ -12,6 +12,7 @@ from typing import Any, NewType, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -138,6 +139,9 @@ class Store:
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
         self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop appends run on, looked up once: on Python 3.11 every lookup asks the
+        OS for the process id, a system call."""
         self.on_append_round_trip: Callable[[], None] = lambda: None
         """Called for each pipeline of appends the store sends (the app counts them)."""
 
@@ -435,13 +439,16 @@ class Store:
         Concurrent publishes then share a write and a read on the connection, which
         costs a fraction of a command apiece (redis-py spends ~90 µs on a lone XADD).
         """
-        future = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._adds.append((key, event, data, retention, future))
         if len(self._adds) == 1:
-            asyncio.get_running_loop().call_soon(self._send_adds)
+            loop.call_soon(self._send_adds, loop)
         return future
 
-    def _send_adds(self) -> None:
+    def _send_adds(self, loop: asyncio.AbstractEventLoop) -> None:
         adds, self._adds = self._adds, []
         packed = Packed()
         for key, event, data, retention, _ in adds:
@@ -449,7 +456,7 @@ class Store:
         self._expire(packed, (add[0] for add in adds))
         self._wait(packed)
         self.on_append_round_trip()
-        sending = asyncio.ensure_future(self._adding(packed))
+        sending = loop.create_task(self._adding(packed))
         sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
 
     async def _adding(self, packed: Packed) -> list[Any]:
@@ -516,18 +523,39 @@ async def send_packed(client: redis.Redis, packed: Packed) -> list[Any]:
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await connection.send_packed_command(packed.parts, check_health=False)
-        replies: list[Any] = []
-        for _ in range(packed.count):
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
-        return replies
+        return await _replies(connection, packed.count)
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # A TimeoutError too: it is an OSError.
         raise OutcomeUnknown() from exc
     finally:
-        # redis-py closed the connection if it failed mid-way: its replies are lost.
         await pool.release(connection)
+
+
+async def _replies(connection: Any, count: int) -> list[Any]:
+    """The next `count` replies on `connection`, errors in place.
+
+    redis-py's `read_response` arms a timer for each reply, which cost more than
+    parsing it, so a plain connection's replies are read from its parser directly,
+    under one deadline. Connections that read their own way (Sentinel's turns READONLY
+    into a reconnection, fakeredis' has no parser) are asked for each.
+    """
+    if type(connection).read_response is not AbstractConnection.read_response:
+        return [await _reply(connection) for _ in range(count)]
+    parser = connection._parser
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            return [await parser.read_response() for _ in range(count)]
+    except BaseException:
+        # Replies left unread would be taken for those of the connection's next commands.
+        await connection.disconnect(nowait=True)
+        raise
+
+
+async def _reply(connection: Any) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error
 
 
 def encode_arg(value: bytes) -> Arg:
