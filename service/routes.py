@@ -70,14 +70,13 @@ async def publish(ctx: Context, request: Request) -> Response:
     if grant is not None:
         grant.check_publish(e.topic for e in events)
     publishing.check_rate(ctx, request, grant, len(events))
-    entries = [(e.topic, e.event, e.text) for e in events]
     headers = {}
     if idempotency_key is None:
-        ids = await ctx.store.publish(entries, ctx.settings.retention)
+        ids = await ctx.store.publish(events, ctx.settings.retention)
         ctx.metrics.published.inc(len(ids))
     else:
         publisher = grant.publisher if grant is not None else None
-        ids = await publishing.publish_once(ctx, publisher, idempotency_key, body, entries)
+        ids = await publishing.publish_once(ctx, publisher, idempotency_key, body, events)
         headers = {"Idempotency-Key": idempotency_key}
     answers = [{"topic": e.topic, "id": i} for e, i in zip(events, ids, strict=True)]
     return JSONResponse(answers if batch else answers[0], headers=headers)
