@@ -87,6 +87,7 @@ class Edge:
 
 
 def _answered_at_once(response: Response, send: Send) -> bool:
-    if type(response) is not JSONResponse or response.background is not None:
+    # Responses whose body is all there (not a stream, nor a file).
+    if type(response) not in (Response, JSONResponse) or response.background is not None:
         return False
     return direct.answer(send, response.status_code, response.raw_headers, response.body)

@@ -785,6 +785,7 @@ struct pconn {
     uint8_t connecting, busy; /* busy: a request sent, its answer not yet read */
     uint8_t streaming;        /* --stream: the request is open for more chunks */
     uint64_t units_left;      /* units still to go on this connection */
+    uint64_t cursor;          /* back to back: where to look for its next unit */
     uint64_t request_events;  /* events in the request under way */
     struct http_head head;
     struct dechunk dc;
@@ -893,31 +894,53 @@ static uint32_t conn_of(const struct pub *p, uint64_t u) {
     return (uint32_t)((u % p->o.topics) % p->o.concurrency);
 }
 
-/* Sends due units in order; a unit waits for its topic's connection, which keeps every
- * topic's events in order on one connection. A connection takes the next unit when no
- * request is under way on it or, streaming, once it wrote the last one. */
+/* A connection takes a unit when no request is under way on it or, streaming, once it
+ * wrote the last one. */
+static int pconn_takes_unit(const struct pconn *c) {
+    return !c->connecting && (!c->busy || (c->streaming && !out_pending(&c->out)));
+}
+
+static void send_unit(struct pub *p, uint32_t i, uint64_t u, uint64_t now) {
+    struct pconn *c = &p->pc[i];
+    if (!p->first_send) p->first_send = now;
+    if (!c->busy) {
+        head_reset(&c->head);
+        memset(&c->dc, 0, sizeof c->dc);
+        c->busy = 1;
+        c->request_events = 0;
+        p->in_flight++;
+    }
+    out_clear(&c->out);
+    format_unit(p, c, u);
+    p->next++;
+    c->streaming = p->o.stream && c->units_left > 1;
+    c->units_left--;
+    c->request_events += p->o.batch;
+    pconn_flush(p, i);
+}
+
+/* Paced, units go in schedule order, each waiting for its topic's connection, which
+ * keeps every topic's events in order on one connection. Back to back, each connection
+ * takes its own next unit as soon as it is free, so an answer that comes late holds up
+ * its own connection only: the ceiling is the server's, not this loop's. */
 static void send_due(struct pub *p, uint64_t now) {
+    if (p->o.rate <= 0) {
+        for (uint32_t i = 0; i < p->o.concurrency; i++) {
+            struct pconn *c = &p->pc[i];
+            while (c->units_left && pconn_takes_unit(c)) {
+                while (conn_of(p, c->cursor) != i) c->cursor++;
+                send_unit(p, i, c->cursor++, now);
+            }
+        }
+        return;
+    }
     while (p->next < p->units) {
         uint64_t due = scheduled_us(p, p->next);
         if (due > now) return;
         uint32_t i = conn_of(p, p->next);
-        struct pconn *c = &p->pc[i];
-        if (c->connecting || (c->busy && !(c->streaming && !out_pending(&c->out)))) return;
-        if (p->o.rate > 0 && now - due > p->max_lag_us) p->max_lag_us = now - due;
-        if (!p->first_send) p->first_send = now;
-        if (!c->busy) {
-            head_reset(&c->head);
-            memset(&c->dc, 0, sizeof c->dc);
-            c->busy = 1;
-            c->request_events = 0;
-            p->in_flight++;
-        }
-        out_clear(&c->out);
-        format_unit(p, c, p->next++);
-        c->streaming = p->o.stream && c->units_left > 1;
-        c->units_left--;
-        c->request_events += p->o.batch;
-        pconn_flush(p, i);
+        if (!pconn_takes_unit(&p->pc[i])) return;
+        if (now - due > p->max_lag_us) p->max_lag_us = now - due;
+        send_unit(p, i, p->next, now);
     }
 }
 
