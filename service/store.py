@@ -83,6 +83,10 @@ return {1, ids}
 """
 
 
+_Add = tuple[Sequence[tuple[str, str, str]], int, asyncio.Future[list[Any]]]
+"""Appends queued for the next round trip: events, retention, and who awaits their replies."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinesState:
     """How far streaming publishes under one idempotency key got."""
@@ -138,7 +142,7 @@ class Store:
         self._replicas = replicas
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
-        self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
+        self._adds: list[_Add] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         """The loop appends run on, looked up once: on Python 3.11 every lookup asks the
         OS for the process id, a system call."""
@@ -195,8 +199,10 @@ class Store:
     async def publish(self, events: Sequence[tuple[str, str, str]], retention: int) -> list[str]:
         """XADD each (topic, event, data); a batch lands all together or not at all."""
         if len(events) == 1:
-            topic, event, data = events[0]
-            return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
+            (reply,) = await self._append_soon(events, retention)
+            if isinstance(reply, Exception):
+                raise reply
+            return [_text(reply)]
         replies = await self._commit(self._appending(events, retention), self._client)
         return [_text(raw) for raw in replies[: len(events)]]
 
@@ -209,13 +215,13 @@ class Store:
         Lines of streaming publishes take no connection of their own this way, however
         many requests append at once.
         """
-        replies = await asyncio.gather(
-            *(self._xadd_soon(keys.stream_key(t), e, d, retention) for t, e, d in events),
-            return_exceptions=True,
-        )
+        try:
+            replies = await self._append_soon(events, retention)
+        except Exception as exc:  # the whole pipeline failed
+            return [], exc
         ids: list[str] = []
         for reply in replies:
-            if isinstance(reply, BaseException):
+            if isinstance(reply, Exception):
                 return ids, reply
             ids.append(_text(reply))
         return ids, None
@@ -431,10 +437,11 @@ class Store:
                 totals[name] = totals.get(name, 0) + int(n)
         return totals
 
-    def _xadd_soon(
-        self, key: bytes, event: str, data: str, retention: int
-    ) -> asyncio.Future[bytes]:
-        """Queue an XADD; those queued in the same loop iteration go as one pipeline.
+    def _append_soon(
+        self, events: Sequence[tuple[str, str, str]], retention: int
+    ) -> asyncio.Future[list[Any]]:
+        """Queue an XADD of each (topic, event, data): those queued in the same loop
+        iteration go in one round trip. The future gets each one's reply, errors in place.
 
         Concurrent publishes then share a write and a read on the connection, which
         costs a fraction of a command apiece (redis-py spends ~90 µs on a lone XADD).
@@ -443,7 +450,7 @@ class Store:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._adds.append((key, event, data, retention, future))
+        self._adds.append((events, retention, future))
         if len(self._adds) == 1:
             loop.call_soon(self._send_adds, loop)
         return future
@@ -451,13 +458,17 @@ class Store:
     def _send_adds(self, loop: asyncio.AbstractEventLoop) -> None:
         adds, self._adds = self._adds, []
         packed = Packed()
-        for key, event, data, retention, _ in adds:
-            packed.xadd(key, event, data, retention)
-        self._expire(packed, (add[0] for add in adds))
+        streams = []
+        for events, retention, _ in adds:
+            for topic, event, data in events:
+                stream = keys.stream_key(topic)
+                streams.append(stream)
+                packed.xadd(stream, event, data, retention)
+        self._expire(packed, streams)
         self._wait(packed)
         self.on_append_round_trip()
         sending = loop.create_task(self._adding(packed))
-        sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
+        sending.add_done_callback(lambda done: _settle(adds, done))
 
     async def _adding(self, packed: Packed) -> list[Any]:
         """The replies to `_send_adds`' commands; an XADD too few replicas confirmed gets
@@ -691,20 +702,21 @@ def _fields(values: list[bytes] | None) -> dict[bytes, bytes]:
     return dict(zip(values[::2], values[1::2], strict=True))
 
 
-def _settle(futures: list[asyncio.Future[bytes]], sending: asyncio.Future[list[Any]]) -> None:
-    """Hand each queued XADD its own reply, or the failure of the whole pipeline."""
+def _settle(adds: list[_Add], sending: asyncio.Future[list[Any]]) -> None:
+    """Hand each queued append its own replies, or the failure of the whole round trip."""
     failure = None if sending.cancelled() else sending.exception()
-    for index, future in enumerate(futures):
+    start = 0
+    for events, _, future in adds:
+        end = start + len(events)
         if future.done():
-            continue
-        if sending.cancelled():
+            pass
+        elif sending.cancelled():
             future.cancel()
         elif failure is not None:
             future.set_exception(failure)
-        elif isinstance(reply := sending.result()[index], Exception):
-            future.set_exception(reply)
         else:
-            future.set_result(reply)
+            future.set_result(sending.result()[start:end])
+        start = end
 
 
 def _hash(fields: Mapping[str, str]) -> dict[Any, str]:
