@@ -467,17 +467,33 @@ class Store:
         self._expire(packed, streams)
         self._wait(packed)
         self.on_append_round_trip()
-        sending = loop.create_task(self._adding(packed))
-        sending.add_done_callback(lambda done: _settle(adds, done))
+        loop.create_task(self._round_trip(adds, packed))
 
-    async def _adding(self, packed: Packed) -> list[Any]:
-        """The replies to `_send_adds`' commands; an XADD too few replicas confirmed gets
-        the shortfall in place of its id."""
-        replies = await send_packed(self._client, packed)
+    async def _round_trip(self, adds: list[_Add], packed: Packed) -> None:
+        """Send the queued appends, then hand each its replies (an XADD too few replicas
+        confirmed gets the shortfall in place of its id), or the round trip's failure."""
+        try:
+            replies = await send_packed(self._client, packed)
+        except BaseException as exc:
+            for _, _, future in adds:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
         shortfall = self._shortfall(replies) if self._replicas else None
-        if shortfall is None:
-            return replies
-        return [reply if isinstance(reply, Exception) else shortfall for reply in replies]
+        if shortfall is not None:
+            replies = [reply if isinstance(reply, Exception) else shortfall for reply in replies]
+        start = 0
+        for events, _, future in adds:
+            end = start + len(events)
+            if not future.done():
+                future.set_result(replies[start:end])
+            start = end
 
     async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
         """Each topic's newest position: live delivery starts after it."""
@@ -533,8 +549,7 @@ async def send_packed(client: redis.Redis, packed: Packed) -> list[Any]:
     pool = client.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        await connection.send_packed_command(packed.parts, check_health=False)
-        return await _replies(connection, packed.count)
+        return await _exchange(connection, packed)
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         # A TimeoutError too: it is an OSError.
         raise OutcomeUnknown() from exc
@@ -542,20 +557,24 @@ async def send_packed(client: redis.Redis, packed: Packed) -> list[Any]:
         await pool.release(connection)
 
 
-async def _replies(connection: Any, count: int) -> list[Any]:
-    """The next `count` replies on `connection`, errors in place.
+async def _exchange(connection: Any, packed: Packed) -> list[Any]:
+    """Write `packed` on `connection` and read the reply to each command, errors in place.
 
-    redis-py's `read_response` arms a timer for each reply, which cost more than
-    parsing it, so a plain connection's replies are read from its parser directly,
-    under one deadline. Connections that read their own way (Sentinel's turns READONLY
-    into a reconnection, fakeredis' has no parser) are asked for each.
+    redis-py writes through a task of its own (`wait_for`) and arms a timer for each
+    reply, which cost more than packing and parsing the commands: a plain connection
+    is written and read directly, under one deadline. Connections that read their own
+    way (Sentinel's turns READONLY into a reconnection, fakeredis' has no parser) go
+    through redis-py's methods.
     """
     if type(connection).read_response is not AbstractConnection.read_response:
-        return [await _reply(connection) for _ in range(count)]
-    parser = connection._parser
+        await connection.send_packed_command(packed.parts, check_health=False)
+        return [await _reply(connection) for _ in range(packed.count)]
     try:
         async with asyncio.timeout(connection.socket_timeout):
-            return [await parser.read_response() for _ in range(count)]
+            connection._writer.writelines(packed.parts)
+            await connection._writer.drain()
+            parser = connection._parser
+            return [await parser.read_response() for _ in range(packed.count)]
     except BaseException:
         # Replies left unread would be taken for those of the connection's next commands.
         await connection.disconnect(nowait=True)
@@ -700,23 +719,6 @@ def _fields(values: list[bytes] | None) -> dict[bytes, bytes]:
     if not values:
         return {}
     return dict(zip(values[::2], values[1::2], strict=True))
-
-
-def _settle(adds: list[_Add], sending: asyncio.Future[list[Any]]) -> None:
-    """Hand each queued append its own replies, or the failure of the whole round trip."""
-    failure = None if sending.cancelled() else sending.exception()
-    start = 0
-    for events, _, future in adds:
-        end = start + len(events)
-        if future.done():
-            pass
-        elif sending.cancelled():
-            future.cancel()
-        elif failure is not None:
-            future.set_exception(failure)
-        else:
-            future.set_result(sending.result()[start:end])
-        start = end
 
 
 def _hash(fields: Mapping[str, str]) -> dict[Any, str]:
