@@ -22,6 +22,11 @@ Shapes:
              measured up to three times). Herald twice: a POST per token (all Nchan
              takes) and one streaming NDJSON request per answer. Server CPU per token
              from /proc.
+  ingest     the publish ceiling, no subscriber: events published back to back over 32
+             keep-alive connections, a topic each; events/s and server CPU per event
+             from /proc, the median of 3 runs after a warm-up. A POST per event for
+             every server; Herald also in batches of 100 (a JSON array) and as one
+             streaming NDJSON request per connection.
 The baseline runs broadcast and topics only.
 
 Scaling: `--workers 1 2` runs every server once per count, Herald as `serve --workers N`
@@ -32,6 +37,7 @@ generator and Redis. A table then gives each count's figures against one worker'
     python scripts/bench_vs_nchan.py --servers herald nchan --json /tmp/bench.json
     python scripts/bench_vs_nchan.py --servers herald nchan --shapes tokens
     python scripts/bench_vs_nchan.py --servers herald nchan --shapes broadcast tokens --workers 1 2
+    python scripts/bench_vs_nchan.py --servers herald nchan --shapes ingest
     python scripts/bench_vs_nchan.py --quick
 """
 
@@ -59,7 +65,7 @@ from benchlib.loadgen import Report, SubOptions, Subscribers, produce_tokens, pu
 from benchlib.procs import BenchError, core_busy_seconds
 from benchlib.servers import REPO, SERVER_KINDS, Server, running_server, unavailable_reason
 
-SHAPES = ("broadcast", "topics", "storm", "idle", "tokens")
+SHAPES = ("broadcast", "topics", "storm", "idle", "tokens", "ingest")
 BASELINE_SHAPES = ("broadcast", "topics")
 P99_LIMIT_MS = 1000
 MAX_LAG_MS = 1000
@@ -68,6 +74,11 @@ TOKEN_RATE = 25
 TOKEN_P99_LIMIT_MS = 100
 # A POST per token is all Nchan takes; Herald also takes an answer as one NDJSON stream.
 TOKEN_MODES = {"herald": ("post", "stream"), "nchan": ("post",)}
+# Nchan takes one message a request; Herald also takes a batch and an NDJSON stream.
+INGEST_MODES = {"herald": ("post", "batch", "stream"), "nchan": ("post",)}
+INGEST_CONNECTIONS = 32
+# Events a batch request carries, and a streaming request's lines per write.
+INGEST_BATCH = 100
 # Topic-affine publish connections for the many-topics shape: each topic's events stay in
 # order on one connection while requests to different topics overlap.
 TOPICS_PUBLISH_CONCURRENCY = 16
@@ -92,6 +103,8 @@ class Sizes:
     # the p99 allows.
     token_attempts: int = 3
     stall_seconds: float = 10  # no event for this long: stop waiting for the rest
+    ingest_events: int = 120_000  # a multiple of INGEST_BATCH
+    ingest_runs: int = 3
 
 
 QUICK = Sizes(
@@ -108,6 +121,8 @@ QUICK = Sizes(
     answer_seconds=2,
     token_attempts=1,
     stall_seconds=3,
+    ingest_events=3_200,
+    ingest_runs=1,
 )
 
 
@@ -642,6 +657,63 @@ class CpuMeter:
         return Cpu(time.monotonic() - self.start, server, redis, loadgen, *others, per_worker)
 
 
+# ------------------------------------------------------------------ shape 6: ingest
+
+
+def ingest(bench: Bench, kind: str, mode: str) -> dict[str, Any]:
+    """The publish ceiling in one way of publishing, on a fresh server with no subscriber:
+    a warm-up, then `ingest_runs` runs; the run with the median events/s stands for all."""
+    sizes = bench.sizes
+    batch = 1 if mode == "post" else INGEST_BATCH
+    with running_server(
+        kind, bench.workdir, bench.server_core, bench.load_core, bench.workers
+    ) as server:
+        warm_up = max(batch, sizes.ingest_events // 10 // batch * batch)
+        ingest_run(bench, server, mode, batch, warm_up)
+        runs = [
+            ingest_run(bench, server, mode, batch, sizes.ingest_events)
+            for _ in range(sizes.ingest_runs)
+        ]
+    for run in runs:
+        log(
+            f"[{kind}] ingest {mode}: {run['events_per_s']:,.0f} events/s, "
+            f"{run['server_us_per_event']} µs of server CPU an event, "
+            f"{percent(run['server_core_others_share'])} of its core taken by other processes"
+        )
+    median = sorted(runs, key=lambda run: run["events_per_s"])[len(runs) // 2]
+    return {
+        "mode": mode,
+        "connections": INGEST_CONNECTIONS,
+        "batch": batch,
+        **median,
+        "runs": runs,
+    }
+
+
+def ingest_run(bench: Bench, server: Server, mode: str, batch: int, events: int) -> dict[str, Any]:
+    meter = CpuMeter(server, bench, 0.0)
+    pub = publish(
+        bench.loadgen, server.port, server.proto, events, topics=INGEST_CONNECTIONS,
+        concurrency=INGEST_CONNECTIONS, batch=batch, stream=mode == "stream",
+        core=bench.load_core,
+    )  # fmt: skip
+    cpu = meter.read(cpu_of(pub))
+    published = pub["events_ok"]
+    run = {
+        "events": events,
+        "published": published,
+        "publish_errors": pub["errors"],
+        "publisher_timed_out": pub["timed_out"],
+        "seconds": pub["seconds"],
+        "events_per_s": round(pub["events_per_s"]),
+        **cpu.shares(),
+        "server_us_per_event": cpu.per_event(cpu.server, published),
+    }
+    if server.redis:
+        run["redis_us_per_event"] = cpu.per_event(cpu.redis, published)
+    return run
+
+
 SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
     "broadcast": broadcast,
     "topics": many_topics,
@@ -656,13 +728,18 @@ SHAPE_RUNNERS: dict[str, Callable[[Bench, Server], dict[str, Any]]] = {
 Run = Callable[[Bench, str], dict[str, Any]]
 
 
+# Shapes run once per way of publishing, each mode on fresh servers of its own.
+MODED_SHAPES: dict[str, tuple[dict[str, tuple[str, ...]], Callable[..., dict[str, Any]]]] = {
+    "tokens": (TOKEN_MODES, token_streams),
+    "ingest": (INGEST_MODES, ingest),
+}
+
+
 def runs(kind: str, shape: str) -> list[tuple[str, Run]]:
     """(result name, runner) for each way `kind` runs `shape`; none when it does not."""
-    if shape == "tokens":
-        return [
-            (f"tokens_{mode}", partial(token_streams, mode=mode))
-            for mode in TOKEN_MODES.get(kind, ())
-        ]
+    if shape in MODED_SHAPES:
+        modes, runner = MODED_SHAPES[shape]
+        return [(f"{shape}_{mode}", partial(runner, mode=mode)) for mode in modes.get(kind, ())]
     if kind == "baseline" and shape not in BASELINE_SHAPES:
         return []
     return [(shape, partial(on_fresh_server, runner=SHAPE_RUNNERS[shape]))]
@@ -848,14 +925,23 @@ TOKEN_COLUMNS = (
 )
 
 
+def moded_runs(results: dict[str, Any], shape: str, field: str) -> dict[str, dict[str, Any]]:
+    """A moded shape's results that hold `field` (no error), named "<server> <mode>"."""
+    return {
+        f"{kind} {name.removeprefix(shape + '_')}": value
+        for kind, result in results.items()
+        for name, value in result.items()
+        if name.startswith(shape + "_") and field in value
+    }
+
+
+def figure(row: dict[str, Any], key: str) -> str:
+    return percent(row.get(key)) if key.endswith("_share") else cell(row.get(key))
+
+
 def token_table(results: dict[str, Any]) -> str:
     """Shape 5: a row per server, publish mode and K; then the highest K and the ratios."""
-    runs = {
-        f"{kind} {mode}": result[f"tokens_{mode}"]
-        for kind, result in results.items()
-        for mode in ("post", "stream")
-        if "steps" in result.get(f"tokens_{mode}", {})
-    }
+    runs = moded_runs(results, "tokens", "steps")
     if not runs:
         return ""
     header = ["tokens", *(label for label, _ in TOKEN_COLUMNS), "sustained"]
@@ -866,10 +952,7 @@ def token_table(results: dict[str, Any]) -> str:
 def token_row(step: dict[str, Any]) -> list[str]:
     if "error" in step:
         return [cell(step["answers"]), *[""] * (len(TOKEN_COLUMNS) - 1), step["error"]]
-    figures = [
-        percent(step[key]) if key.endswith("_share") else cell(step.get(key))
-        for _, key in TOKEN_COLUMNS
-    ]
+    figures = [figure(step, key) for _, key in TOKEN_COLUMNS]
     attempts = f" (attempt {step['attempt']})" if step["attempt"] > 1 else ""
     verdict = "yes" if step["sustained"] else "no: " + "; ".join(step["not_sustained_because"])
     return [*figures, verdict + attempts]
@@ -936,6 +1019,38 @@ def scaling_table(results: dict[str, Any], counts: list[int]) -> str:
     return aligned(header, body) if body else ""
 
 
+INGEST_COLUMNS = (
+    ("Redis µs/event", "redis_us_per_event"),
+    ("server CPU", "server_cpu_share"),
+    ("loadgen CPU", "loadgen_cpu_share"),
+    ("others, server core", "server_core_others_share"),
+    ("others, load core", "load_core_others_share"),
+    ("errors", "publish_errors"),
+)
+
+
+def ingest_table(results: dict[str, Any]) -> str:
+    """Shape 6: a row per server and way of publishing, with its ratios to Nchan's POSTs."""
+    runs = moded_runs(results, "ingest", "events_per_s")
+    if not runs:
+        return ""
+    nchan = runs.get("nchan post", {})
+    speed, cost = "events_per_s", "server_us_per_event"
+    header = ["ingest", "events/s", "vs Nchan", "server µs/event", "vs Nchan"]
+    body = [
+        [
+            name,
+            cell(run[speed]),
+            ratio(run[speed], nchan.get(speed)),
+            cell(run[cost]),
+            ratio(run[cost], nchan.get(cost)),
+            *(figure(run, key) for _, key in INGEST_COLUMNS),
+        ]
+        for name, run in runs.items()
+    ]
+    return aligned([*header, *(title for title, _ in INGEST_COLUMNS)], body)
+
+
 def percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
@@ -979,6 +1094,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1],
         help="server worker processes, one run per count, worker i pinned to core i (1)",
     )
+    parser.add_argument(
+        "--ingest-events", type=int, help=f"events a run, a multiple of {INGEST_BATCH} (120000)"
+    )
+    parser.add_argument("--ingest-runs", type=int, help="ingest runs; the median counts (3)")
     return parser.parse_args(argv)
 
 
@@ -987,7 +1106,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     overrides = {
         name: getattr(args, name)
         for name in ("subscribers", "burst_events", "topics", "storm_clients", "idle_conns",
-                     "step_seconds", "answer_seconds")
+                     "step_seconds", "answer_seconds", "ingest_events", "ingest_runs")
         if getattr(args, name) is not None
     }  # fmt: skip
     if args.rates:
@@ -1043,7 +1162,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.workers
         for kind in args.servers
     }
-    tables = (table(results), token_table(results), scaling_table(results, args.workers))
+    tables = (
+        table(results),
+        token_table(results),
+        ingest_table(results),
+        scaling_table(results, args.workers),
+    )
     print("\n\n".join(text for text in tables if text))
     for kind, result in results.items():
         if "skipped" in result:

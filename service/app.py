@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.herald = Context(
             settings, store, hub, metrics, Authenticator.of(settings), limiter, registry
         )
+        _freeze_startup_objects()
         try:
             yield
         finally:
@@ -108,6 +111,18 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.include_router(api_docs.router())
     openapi.install(app)
     return Edge(app, settings.cors_origins, settings.max_header_bytes)
+
+
+@functools.cache
+def _freeze_startup_objects() -> None:
+    """Leave what exists once the first app started (modules, the app, its clients) out
+    of the cyclic garbage collector's full collections, once per process.
+
+    They live as long as the process, yet each full collection walked all of them:
+    under a streaming publish that was about a sixth of the CPU (about 90,000 objects,
+    most of them from the imports).
+    """
+    gc.freeze()
 
 
 def _start_demo(store: Store, settings: Settings) -> InProcess:

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 from starlette.requests import Request
 
 from service import keys
 from service.errors import BadRequest, Invalid, PayloadTooLarge, TooManyRequests
-from service.models import PublishEvent
+from service.models import Entry, PublishEvent, entry_of
 from service.ratelimit import retry_after
 from service.settings import Settings
 
@@ -51,15 +52,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], bool]:
+def parse_events(body: bytes, settings: Settings) -> tuple[list[Entry], bool]:
     """The events of a body (one object or a JSON array) and whether it was a batch."""
     batch = body.lstrip()[:1] == b"["
-    try:
-        events = _BATCH.validate_json(body) if batch else [_ONE.validate_json(body)]
-    except ValidationError as exc:
-        raise Invalid(
-            exc.errors(include_url=False, include_context=False, include_input=False)
-        ) from None
+    events = _batch(body) if batch else [parse_event(body)]
     if len(events) > settings.max_batch:
         raise PayloadTooLarge(f"a batch holds at most {settings.max_batch} events")
     for index, event in enumerate(events):
@@ -70,6 +66,44 @@ def parse_events(body: bytes, settings: Settings) -> tuple[list[PublishEvent], b
                 f"{where} data is {size} bytes; the limit is {settings.max_event_bytes}"
             )
     return events, batch
+
+
+def parse_event(raw: bytes) -> Entry:
+    """The event of one JSON object (422 when it is not a valid one)."""
+    try:
+        entry = entry_of(from_json(raw))
+    except ValueError:
+        entry = None
+    return entry if entry is not None else _validated(_ONE, raw)[0]
+
+
+def _batch(body: bytes) -> list[Entry]:
+    """The events of a JSON array (422 when it is not one of valid events)."""
+    try:
+        items = from_json(body)
+    except ValueError:
+        items = None
+    if type(items) is not list or not items:
+        return _validated(_BATCH, body)
+    entries = []
+    for item in items:
+        entry = entry_of(item)
+        if entry is None:
+            return _validated(_BATCH, body)
+        entries.append(entry)
+    return entries
+
+
+def _validated(adapter: TypeAdapter[Any], body: bytes) -> list[Entry]:
+    """The events pydantic finds in `body`, or its errors as a 422."""
+    try:
+        value = adapter.validate_json(body)
+    except ValidationError as exc:
+        raise Invalid(
+            exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
+    events: list[PublishEvent] = value if isinstance(value, list) else [value]
+    return [Entry(e.topic, e.event, e.text) for e in events]
 
 
 def check_rate(ctx: Context, request: Request, grant: Grant | None, events: int) -> None:
@@ -106,7 +140,7 @@ async def publish_once(
     publisher: str | None,
     key: str,
     body: bytes,
-    entries: Sequence[tuple[str, str, str]],
+    entries: Sequence[Entry],
 ) -> list[str]:
     """Publish unless `publisher` used `key` within the window; either way, the ids it got.
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any, NewType, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,6 +32,13 @@ XreadReply = list[tuple[bytes, list[Entry]]]
 Arg = NewType("Arg", bytes)
 """A command argument already in its wire form, so a read over thousands of streams
 costs a join, not an encoding of every key and id each time."""
+
+
+class _Expiring(Protocol):
+    """Where appends queue their streams' expiry refreshes: a pipeline or `Packed`."""
+
+    def pexpire(self, name: bytes, time: int) -> Any: ...
+
 
 # Check-and-publish in one step, so that two retries racing each other append once:
 # KEYS = idempotency key, then one stream per event; ARGV = fingerprint, retention,
@@ -100,6 +109,10 @@ return id
 """
 
 
+_Add = tuple[Sequence[tuple[str, str, str]], int, asyncio.Future[list[Any]]]
+"""Appends queued for the next round trip: events, retention, and who awaits their replies."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinesState:
     """How far streaming publishes under one idempotency key got."""
@@ -155,7 +168,10 @@ class Store:
         self._replicas = replicas
         """Replicas that must confirm a publish (WAIT) before it is acknowledged."""
         self._replicas_timeout_ms = replicas_timeout_ms
-        self._adds: list[tuple[bytes, str, str, int, asyncio.Future[bytes]]] = []
+        self._adds: list[_Add] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop appends run on, looked up once: on Python 3.11 every lookup asks the
+        OS for the process id, a system call."""
         self.on_append_round_trip: Callable[[], None] = lambda: None
         """Called for each pipeline of appends the store sends (the app counts them)."""
 
@@ -171,9 +187,11 @@ class Store:
     async def publish(self, events: Sequence[tuple[str, str, str]], retention: int) -> list[str]:
         """XADD each (topic, event, data); a batch lands all together or not at all."""
         if len(events) == 1:
-            topic, event, data = events[0]
-            return [_text(await self._xadd_soon(keys.stream_key(topic), event, data, retention))]
-        replies = await self._commit(self._appending(events, retention))
+            (reply,) = await self._append_soon(events, retention)
+            if isinstance(reply, Exception):
+                raise reply
+            return [_text(reply)]
+        replies = await self._commit(self._appending(events, retention), self._client)
         return [_text(raw) for raw in replies[: len(events)]]
 
     async def append(
@@ -185,46 +203,39 @@ class Store:
         Lines of streaming publishes take no connection of their own this way, however
         many requests append at once.
         """
-        replies = await asyncio.gather(
-            *(self._xadd_soon(keys.stream_key(t), e, d, retention) for t, e, d in events),
-            return_exceptions=True,
-        )
+        try:
+            replies = await self._append_soon(events, retention)
+        except Exception as exc:  # the whole pipeline failed
+            return [], exc
         ids: list[str] = []
         for reply in replies:
-            if isinstance(reply, BaseException):
+            if isinstance(reply, Exception):
                 return ids, reply
             ids.append(_text(reply))
         return ids, None
 
-    def _appending(
-        self,
-        events: Sequence[tuple[str, str, str]],
-        retention: int,
-        client: redis.Redis | None = None,
-    ) -> Pipeline:
-        """A transaction that XADDs each (topic, event, data), for `_commit`."""
-        # Inside MULTI, WAIT does not wait: it must follow EXEC on the same connection,
-        # so with replicas to wait for, MULTI and EXEC go as commands of a plain pipeline.
-        pipe = (client or self._client).pipeline(transaction=not self._replicas)
-        if self._replicas:
-            pipe.execute_command("MULTI")
+    def _appending(self, events: Sequence[tuple[str, str, str]], retention: int) -> Packed:
+        """A transaction that XADDs each (topic, event, data), for `_commit` to end and send."""
+        packed = Packed()
+        packed.command(b"MULTI")
         streams = [keys.stream_key(topic) for topic, _, _ in events]
         for stream, (_, event, data) in zip(streams, events, strict=True):
-            pipe.xadd(stream, {"event": event, "data": data}, maxlen=retention, approximate=True)
-        self._expire(pipe, streams)
-        return pipe
+            packed.xadd(stream, event, data, retention)
+        self._expire(packed, streams)
+        return packed
 
-    def _expire(self, pipe: Pipeline, streams: Iterable[bytes]) -> None:
+    def _expire(self, commands: _Expiring, streams: Iterable[bytes]) -> None:
         """Queue, after the appends, the expiry refreshes that `streams` are due."""
         for stream in self.expiry.due(streams):
-            pipe.pexpire(stream, self.expiry.expire_ms)
+            commands.pexpire(stream, self.expiry.expire_ms)
 
-    async def _commit(self, pipe: Pipeline) -> list[Any]:
-        """Run a transaction from `_appending`: the replies of its commands."""
-        if not self._replicas:
-            return await send(pipe)
-        pipe.execute_command("EXEC")
-        replies, shortfall = await self._waiting(pipe)
+    async def _commit(self, packed: Packed, client: redis.Redis) -> list[Any]:
+        """End and run a transaction from `_appending`: the replies of its commands."""
+        packed.command(b"EXEC")
+        # Inside MULTI, WAIT does not wait: it follows EXEC on the same connection.
+        self._wait(packed)
+        replies = await send_packed(client, packed)
+        shortfall = self._shortfall(replies) if self._replicas else None
         *queued, done = replies
         # The first error, as redis-py's transactions raise it: queuing's, then EXEC's.
         for reply in [*queued, done, *([] if isinstance(done, Exception) else done)]:
@@ -234,16 +245,27 @@ class Store:
             raise shortfall
         return list(done)
 
+    def _wait(self, packed: Packed) -> None:
+        """Queue WAIT when replicas must confirm the writes before it (see `_shortfall`)."""
+        if self._replicas:
+            packed.command(b"WAIT", b"%d" % self._replicas, b"%d" % self._replicas_timeout_ms)
+
+    def _shortfall(self, replies: list[Any]) -> NotReplicated | None:
+        """Takes WAIT's reply off the end of `replies`: what is missing when fewer replicas
+        than required confirmed the writes before it."""
+        confirmed = replies.pop()
+        # WAIT itself fails on a server that is no longer a primary: none confirmed.
+        count = confirmed if isinstance(confirmed, int) else 0
+        if count >= self._replicas:
+            return None
+        return NotReplicated(count, self._replicas)
+
     async def _waiting(self, pipe: Pipeline) -> tuple[list[Any], NotReplicated | None]:
         """Run `pipe` followed by WAIT on the same connection: its replies (errors in
         place), and what is missing when fewer replicas than required confirmed them."""
         pipe.execute_command("WAIT", self._replicas, self._replicas_timeout_ms)
-        *replies, confirmed = await send(pipe, raise_on_error=False)
-        # WAIT itself fails on a server that is no longer a primary: none confirmed.
-        count = confirmed if isinstance(confirmed, int) else 0
-        if count >= self._replicas:
-            return replies, None
-        return replies, NotReplicated(count, self._replicas)
+        replies = await send(pipe, raise_on_error=False)
+        return replies, self._shortfall(replies)
 
     async def _confirmed(self, pipe: Pipeline) -> Any:
         """The reply of a pipeline of one keyed write, once as many replicas as required
@@ -413,9 +435,10 @@ class Store:
         mark: Mapping[str, str],
     ) -> list[str]:
         """Publish and record how far a producer got, in one transaction: both or neither."""
-        pipe = self._appending(events, retention, self._client_for(mark_key))
-        pipe.hset(mark_key, mapping=_hash(mark))
-        replies = await self._commit(pipe)
+        packed = self._appending(events, retention)
+        fields = [part.encode() for field in mark.items() for part in field]
+        packed.command(b"HSET", mark_key, *fields)
+        replies = await self._commit(packed, self._client_for(mark_key))
         return [_text(raw) for raw in replies[: len(events)]]
 
     def _client_for(self, key: bytes) -> redis.Redis:
@@ -477,39 +500,63 @@ class Store:
                 totals[name] = totals.get(name, 0) + int(n)
         return totals
 
-    def _xadd_soon(
-        self, key: bytes, event: str, data: str, retention: int
-    ) -> asyncio.Future[bytes]:
-        """Queue an XADD; those queued in the same loop iteration go as one pipeline.
+    def _append_soon(
+        self, events: Sequence[tuple[str, str, str]], retention: int
+    ) -> asyncio.Future[list[Any]]:
+        """Queue an XADD of each (topic, event, data): those queued in the same loop
+        iteration go in one round trip. The future gets each one's reply, errors in place.
 
         Concurrent publishes then share a write and a read on the connection, which
         costs a fraction of a command apiece (redis-py spends ~90 µs on a lone XADD).
         """
-        future = asyncio.get_running_loop().create_future()
-        self._adds.append((key, event, data, retention, future))
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._adds.append((events, retention, future))
         if len(self._adds) == 1:
-            asyncio.get_running_loop().call_soon(self._send_adds)
+            loop.call_soon(self._send_adds, loop)
         return future
 
-    def _send_adds(self) -> None:
+    def _send_adds(self, loop: asyncio.AbstractEventLoop) -> None:
         adds, self._adds = self._adds, []
-        pipe = self._client.pipeline(transaction=False)
-        for key, event, data, retention, _ in adds:
-            pipe.xadd(key, {"event": event, "data": data}, maxlen=retention, approximate=True)
-        self._expire(pipe, (add[0] for add in adds))
+        packed = Packed()
+        streams = []
+        for events, retention, _ in adds:
+            for topic, event, data in events:
+                stream = keys.stream_key(topic)
+                streams.append(stream)
+                packed.xadd(stream, event, data, retention)
+        self._expire(packed, streams)
+        self._wait(packed)
         self.on_append_round_trip()
-        sending = asyncio.ensure_future(self._adding(pipe))
-        sending.add_done_callback(lambda done: _settle([add[4] for add in adds], done))
+        loop.create_task(self._round_trip(adds, packed))
 
-    async def _adding(self, pipe: Pipeline) -> list[Any]:
-        """The replies to `_send_adds`' pipeline; an XADD too few replicas confirmed gets
-        the shortfall in place of its id."""
-        if not self._replicas:
-            return await send(pipe, raise_on_error=False)
-        replies, shortfall = await self._waiting(pipe)
-        if shortfall is None:
-            return replies
-        return [reply if isinstance(reply, Exception) else shortfall for reply in replies]
+    async def _round_trip(self, adds: list[_Add], packed: Packed) -> None:
+        """Send the queued appends, then hand each its replies (an XADD too few replicas
+        confirmed gets the shortfall in place of its id), or the round trip's failure."""
+        try:
+            replies = await send_packed(self._client, packed)
+        except BaseException as exc:
+            for _, _, future in adds:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        shortfall = self._shortfall(replies) if self._replicas else None
+        if shortfall is not None:
+            replies = [reply if isinstance(reply, Exception) else shortfall for reply in replies]
+        start = 0
+        for events, _, future in adds:
+            end = start + len(events)
+            if not future.done():
+                future.set_result(replies[start:end])
+            start = end
 
     async def last_generated_ids(self, topics: Iterable[str]) -> dict[str, StreamId]:
         """Each topic's newest position: live delivery starts after it."""
@@ -575,9 +622,98 @@ async def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
         raise OutcomeUnknown() from exc
 
 
+async def send_packed(client: redis.Redis, packed: Packed) -> list[Any]:
+    """Like `send`, for commands already in their wire form, written at once: the reply
+    of each, errors in place. Redis answers them in order on the one connection."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        return await _exchange(connection, packed)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # A TimeoutError too: it is an OSError.
+        raise OutcomeUnknown() from exc
+    finally:
+        await pool.release(connection)
+
+
+async def _exchange(connection: Any, packed: Packed) -> list[Any]:
+    """Write `packed` on `connection` and read the reply to each command, errors in place.
+
+    redis-py writes through a task of its own (`wait_for`) and arms a timer for each
+    reply, which cost more than packing and parsing the commands: a plain connection
+    is written and read directly, under one deadline. Connections that read their own
+    way (Sentinel's turns READONLY into a reconnection, fakeredis' has no parser) go
+    through redis-py's methods.
+    """
+    if type(connection).read_response is not AbstractConnection.read_response:
+        await connection.send_packed_command(packed.parts, check_health=False)
+        return [await _reply(connection) for _ in range(packed.count)]
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            connection._writer.writelines(packed.parts)
+            await connection._writer.drain()
+            parser = connection._parser
+            return [await parser.read_response() for _ in range(packed.count)]
+    except BaseException:
+        # Replies left unread would be taken for those of the connection's next commands.
+        await connection.disconnect(nowait=True)
+        raise
+
+
+async def _reply(connection: Any) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error
+
+
 def encode_arg(value: bytes) -> Arg:
     """`value` as a RESP bulk string."""
     return Arg(b"$%d\r\n%s\r\n" % (len(value), value))
+
+
+class Packed:
+    """Commands in Redis's wire form, for `send_packed`.
+
+    redis-py's pipeline spent more on packing each XADD and parsing its reply than
+    Redis spends running it; writes are packed here instead, as the hub packs XREAD.
+    """
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.count = 0
+
+    def command(self, *args: bytes) -> None:
+        self.parts.append(b"*%d\r\n" % len(args))
+        self.parts += map(encode_arg, args)
+        self.count += 1
+
+    def xadd(self, stream: bytes, event: str, data: str, retention: int) -> None:
+        """XADD `stream` MAXLEN ~ `retention` * event `event` data `data`."""
+        self.parts += (
+            _XADD,
+            encode_arg(stream),
+            _maxlen(retention),
+            encode_arg(event.encode()),
+            _DATA,
+            encode_arg(data.encode()),
+        )
+        self.count += 1
+
+    def pexpire(self, name: bytes, time: int) -> None:
+        self.command(b"PEXPIRE", name, b"%d" % time)
+
+
+_XADD = b"*10\r\n$4\r\nXADD\r\n"
+_DATA = encode_arg(b"data")
+
+
+@functools.cache
+def _maxlen(retention: int) -> bytes:
+    """XADD's arguments between the stream and the event type."""
+    return b"".join(encode_arg(arg) for arg in (b"MAXLEN", b"~", b"%d" % retention, b"*", b"event"))
 
 
 class StreamReader:
@@ -692,22 +828,6 @@ def _fields(values: list[bytes] | None) -> dict[bytes, bytes]:
     if not values:
         return {}
     return dict(zip(values[::2], values[1::2], strict=True))
-
-
-def _settle(futures: list[asyncio.Future[bytes]], sending: asyncio.Future[list[Any]]) -> None:
-    """Hand each queued XADD its own reply, or the failure of the whole pipeline."""
-    failure = None if sending.cancelled() else sending.exception()
-    for index, future in enumerate(futures):
-        if future.done():
-            continue
-        if sending.cancelled():
-            future.cancel()
-        elif failure is not None:
-            future.set_exception(failure)
-        elif isinstance(reply := sending.result()[index], Exception):
-            future.set_exception(reply)
-        else:
-            future.set_result(reply)
 
 
 def _hash(fields: Mapping[str, str]) -> dict[Any, str]:

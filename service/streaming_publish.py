@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -24,12 +23,10 @@ from service import errors, keys, publishing
 from service.auth import Grant
 from service.context import Context
 from service.errors import Conflict, Invalid, PayloadTooLarge
-from service.models import PublishEvent
+from service.models import Entry
 from service.store import LinesState
 
 MEDIA_TYPE = "application/x-ndjson"
-
-_EVENT = TypeAdapter(PublishEvent)
 
 Line = tuple[int, bytes]
 """A line's 1-based number in the body, and its bytes."""
@@ -113,10 +110,10 @@ async def publish_lines(
 
 def _events(
     ctx: Context, request: Request, part: list[Line], grant: Grant | None
-) -> tuple[list[PublishEvent], _AtLine | None]:
+) -> tuple[list[Entry], _AtLine | None]:
     """The events of the lines up to the first that is not a valid event within the
     limits and allowed by the token, and that line's error."""
-    events: list[PublishEvent] = []
+    events: list[Entry] = []
     for number, raw in part:
         try:
             events.append(_event(ctx, raw, grant))
@@ -129,13 +126,8 @@ def _events(
     return events, None
 
 
-def _event(ctx: Context, raw: bytes, grant: Grant | None) -> PublishEvent:
-    try:
-        event = _EVENT.validate_json(raw)
-    except ValidationError as exc:
-        raise Invalid(
-            exc.errors(include_url=False, include_context=False, include_input=False)
-        ) from None
+def _event(ctx: Context, raw: bytes, grant: Grant | None) -> Entry:
+    event = publishing.parse_event(raw)
     size = len(event.text.encode())
     if size > ctx.settings.max_event_bytes:
         limit = ctx.settings.max_event_bytes
@@ -145,12 +137,9 @@ def _event(ctx: Context, raw: bytes, grant: Grant | None) -> PublishEvent:
     return event
 
 
-async def _append(
-    ctx: Context, part: list[Line], events: list[PublishEvent], progress: _Progress
-) -> None:
-    entries = [(e.topic, e.event, e.text) for e in events]
+async def _append(ctx: Context, part: list[Line], events: list[Entry], progress: _Progress) -> None:
     try:
-        ids, failure = await ctx.store.append(entries, ctx.settings.retention)
+        ids, failure = await ctx.store.append(events, ctx.settings.retention)
     except Exception as exc:
         raise _AtLine(part[0][0], exc) from exc
     ctx.metrics.published.inc(len(ids))
@@ -177,8 +166,8 @@ class _Keyed:
         self._last_line = 0
 
     def on_one_slot(
-        self, part: list[Line], events: list[PublishEvent], bad_line: _AtLine | None
-    ) -> tuple[list[PublishEvent], _AtLine | None]:
+        self, part: list[Line], events: list[Entry], bad_line: _AtLine | None
+    ) -> tuple[list[Entry], _AtLine | None]:
         """The events up to the first whose stream is not on the record's Redis Cluster
         slot (the first event's): the record and the appends go in one script."""
         store = self._ctx.store
@@ -194,9 +183,7 @@ class _Keyed:
                 return events[:index], _AtLine(part[index][0], refused)
         return events, bad_line
 
-    async def append(
-        self, part: list[Line], events: list[PublishEvent], progress: _Progress
-    ) -> None:
+    async def append(self, part: list[Line], events: list[Entry], progress: _Progress) -> None:
         ctx = self._ctx
         first_line = part[0][0]
         self._last_line = part[-1][0]
@@ -210,7 +197,7 @@ class _Keyed:
             raise _AtLine(first_line, exc) from exc
         before = self._before
         published = progress.count
-        fresh: list[tuple[int, PublishEvent]] = []
+        fresh: list[tuple[int, Entry]] = []
         for (number, raw), event in zip(part, events, strict=True):
             self._fingerprint = chained(self._fingerprint, raw)
             progress.count += 1
@@ -220,14 +207,13 @@ class _Keyed:
                 raise _AtLine(number, Invalid("this Idempotency-Key was used for another body"))
         if not fresh:
             return
-        entries = [(e.topic, e.event, e.text) for _, e in fresh]
         already = max(published, before.published)
         try:
             ids = await ctx.store.append_lines(
                 self._state_key,
                 already,
                 self._fingerprint,
-                entries,
+                [e for _, e in fresh],
                 ctx.settings.retention,
                 ctx.settings.idempotency_seconds,
             )

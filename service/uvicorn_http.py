@@ -13,6 +13,11 @@ uvicorn server: an upgrade that changes any of it fails there by name.
   whose socket `service.direct` writes body chunks to: `transport`, `flow.write_paused`,
   `disconnected`, `response_complete` and `chunked_encoding` (True once a response
   without a length has started).
+- **A whole answer** (`service.direct.answer`, for publishes): on a cycle reached straight
+  from `send` (no middleware between), `scope`, `access_log`, `default_headers`,
+  `keep_alive`, `message_event`, `on_response`, `response_started` and
+  `waiting_for_100_continue`, and the state uvicorn's own `send` leaves after a complete
+  response, which `answer` reproduces.
 - **`send` itself** is a coroutine that writes before its first suspension and suspends
   only while the transport is paused, which `service.send_now` counts on for speed (it
   stays correct without it).
@@ -33,10 +38,28 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-__all__ = ["STATUS_LINE", "HttpToolsProtocol", "RequestResponseCycle", "response_cycle"]
+__all__ = [
+    "STATUS_LINE",
+    "HttpToolsProtocol",
+    "RequestResponseCycle",
+    "answer_cycle",
+    "response_cycle",
+]
 
 CYCLE_ATTRIBUTES = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding")
 """What `service.direct` reads on a response cycle."""
+ANSWER_ATTRIBUTES = (
+    *CYCLE_ATTRIBUTES,
+    "scope",
+    "access_log",
+    "default_headers",
+    "keep_alive",
+    "message_event",
+    "on_response",
+    "response_started",
+    "waiting_for_100_continue",
+)
+"""What `service.direct.answer` reads or sets on a response cycle."""
 
 log = logging.getLogger("herald")
 
@@ -57,10 +80,22 @@ def response_cycle(send: Send) -> RequestResponseCycle | None:
     return cycle
 
 
+def answer_cycle(send: Send) -> RequestResponseCycle | None:
+    """The uvicorn response `send` is the method of, with no middleware between (which
+    may add headers), when it has all a whole answer needs. None otherwise."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle:
+        return None
+    if not all(hasattr(cycle, name) for name in ANSWER_ATTRIBUTES):
+        _warn_changed()
+        return None
+    return cycle
+
+
 @functools.cache
 def _warn_changed() -> None:
     log.warning(
-        "this uvicorn's response cycle lacks one of %s: streams fall back to the ASGI send "
-        "(slower); see service/uvicorn_http.py",
-        ", ".join(CYCLE_ATTRIBUTES),
+        "this uvicorn's response cycle lacks one of %s: answers and streams fall back to "
+        "the ASGI send (slower); see service/uvicorn_http.py",
+        ", ".join(ANSWER_ATTRIBUTES),
     )

@@ -53,6 +53,13 @@ def test_the_quick_benchmark_runs_every_shape_losing_nothing(tmp_path: Path) -> 
         assert step["publish_errors"] == 0, (server, mode, step)
         for figure in ("p50_ms", "p99_ms", "server_us_per_token", "server_cpu_share"):
             assert isinstance(step[figure], int | float), (server, mode, figure)
+    ingest_runs = [("herald", "post"), ("herald", "batch"), ("herald", "stream"), ("nchan", "post")]
+    for server, mode in ingest_runs:
+        ingest = results[server][f"ingest_{mode}"]
+        assert ingest["published"] == ingest["events"], (server, mode, ingest)
+        assert ingest["publish_errors"] == 0, (server, mode, ingest)
+        for figure in ("events_per_s", "server_us_per_event", "server_cpu_share"):
+            assert isinstance(ingest[figure], int | float), (server, mode, figure)
 
 
 def test_the_quick_benchmark_runs_servers_with_two_worker_processes(tmp_path: Path) -> None:

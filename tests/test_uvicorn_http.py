@@ -16,14 +16,16 @@ import uvicorn
 from packaging.requirements import Requirement
 from starlette.types import Receive, Scope, Send
 
-from service.direct import DirectWriter, chunk
+from service.direct import DirectWriter, answer, chunk
 from service.header_timeout import HeaderTimeoutProtocol
 from service.send_now import send_now
 from service.uvicorn_http import (
+    ANSWER_ATTRIBUTES,
     CYCLE_ATTRIBUTES,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
+    answer_cycle,
     response_cycle,
 )
 from tests.conftest import ROOT
@@ -46,7 +48,8 @@ async def serve_once(app: Any) -> httpx.Response:
     connections.clear()
     with socket.create_server(("127.0.0.1", 0)) as listening:
         port = listening.getsockname()[1]
-        config = uvicorn.Config(app, http=RecordingProtocol, log_level="error")
+        # As `herald serve` runs it: without the access log (HERALD_ACCESS_LOG).
+        config = uvicorn.Config(app, http=RecordingProtocol, log_level="error", access_log=False)
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve(sockets=[listening]))
         try:
@@ -134,3 +137,31 @@ def test_the_installed_uvicorn_is_within_the_range_pyproject_pins() -> None:
     assert upper, "uvicorn needs an upper bound: its internals change between releases"
     installed = importlib.metadata.version("uvicorn")
     assert pinned.specifier.contains(installed), f"uvicorn {installed} is not {pinned.specifier}"
+
+
+async def answering_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    cycle = answer_cycle(send)
+    seen["answer cycle"] = cycle
+    if cycle is not None:
+        seen["answer attributes"] = {
+            name: getattr(cycle, name, "missing") for name in ANSWER_ATTRIBUTES
+        }
+    seen["answered"] = answer(send, 201, [(b"content-length", b"2")], b"ok")
+    if not seen["answered"]:
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"the slow path"})
+
+
+async def test_a_publish_answer_is_still_one_write_uvicorn_accepts() -> None:
+    seen.clear()
+    response = await serve_once(answering_app)
+
+    assert type(seen["answer cycle"]) is RequestResponseCycle
+    attributes = seen["answer attributes"]
+    assert "missing" not in attributes.values(), f"the response cycle lacks: {attributes}"
+    assert seen["answered"] is True, "service.direct.answer fell back to uvicorn's send"
+    assert (response.status_code, response.content) == (201, b"ok")
+    # uvicorn's default headers are written as its own send would.
+    assert "date" in response.headers and "server" in response.headers

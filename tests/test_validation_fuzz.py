@@ -1,18 +1,24 @@
-"""Hypothesis against topic and event-type validation: the contract's rules, nothing else."""
+"""Hypothesis against topic and event-type validation: the contract's rules, nothing else,
+and the fast check of publishes against the model it stands in for."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from typing import Annotated
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from service.app import create_app
-from service.models import PublishEvent
+from service.errors import Invalid
+from service.models import Entry, PublishEvent, entry_of
+from service.publishing import parse_event, parse_events
 from service.settings import Settings
 
 # DESIGN.md's words, written out again here so the test does not reuse the code's regex.
@@ -76,4 +82,89 @@ def test_any_json_object_gets_200_or_422_never_a_server_error(
 ) -> None:
     answer = client.post("/publish", json=body)
     assert answer.status_code in (200, 422), answer.text
-    assert "detail" in answer.json() or "id" in answer.json()
+    if answer.status_code == 200:
+        assert answer.json() == {"topic": body["topic"], "id": answer.json()["id"]}
+    else:
+        assert "detail" in answer.json()
+
+
+# Documents near the valid ones, and the JSON a client may send by mistake: names that
+# are not strings, NaN and huge numbers (`json.dumps` writes them as JSON does not).
+event_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "topic": names | json_values,
+        "event": names | st.sampled_from(["message", "tick", "herald.x"]) | json_values,
+        "data": json_values | st.sampled_from([float("nan"), float("inf"), 10**30, 1e300]),
+        "extra": json_values,
+    },
+)
+documents = st.one_of(
+    event_fields.map(json.dumps),
+    event_fields.map(lambda fields: json.dumps(fields, ensure_ascii=False)),
+    st.lists(event_fields, max_size=3).map(json.dumps),
+    st.text(max_size=40),
+).map(str.encode) | st.binary(max_size=40)
+
+
+def pydantic_entry(document: bytes) -> Entry | None:
+    try:
+        event = PublishEvent.model_validate_json(document)
+    except ValidationError:
+        return None
+    return Entry(event.topic, event.event, event.text)
+
+
+@settings(max_examples=600)
+@given(documents)
+@example(b'{"topic":"t","data":"\\ud800"}')  # a lone surrogate
+@example(b'{"topic":"t","data":' + b"[" * 300 + b"]" * 300 + b"}")  # past the depth limit
+@example(b'{"topic":"t\\n"}')
+@example(b'{"topic":"t","topic":"u"}')
+@example(b'{"topic":"t","data":1e400}')
+@example(b'{"topic":"t","data":123456789012345678901234567890}')
+def test_the_fast_event_check_agrees_with_the_model(document: bytes) -> None:
+    expected = pydantic_entry(document)
+    try:
+        fast = entry_of(from_json(document))
+    except ValueError:
+        fast = None
+    # Where the fast check accepts, the model accepts the same event; it may only be
+    # more cautious (then the model validates, and gives the errors).
+    assert fast is None or fast == expected
+    if expected is None:
+        with pytest.raises(Invalid):
+            parse_event(document)
+    else:
+        assert parse_event(document) == expected
+
+
+@given(
+    topic=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", fullmatch=True),
+    event=st.from_regex(r"[A-Za-z][A-Za-z0-9._-]{0,63}", fullmatch=True),
+    data=json_values,
+)
+def test_the_fast_event_check_takes_every_ordinary_event(
+    topic: str, event: str, data: object
+) -> None:
+    assume(not event.startswith("herald."))
+    document = json.dumps({"topic": topic, "event": event, "data": data}).encode()
+    assert entry_of(from_json(document)) == pydantic_entry(document) is not None
+
+
+BATCH = TypeAdapter(Annotated[list[PublishEvent], Field(min_length=1)])
+
+
+@settings(max_examples=300)
+@given(st.lists(event_fields, max_size=4).map(json.dumps).map(str.encode))
+def test_a_batch_gets_the_events_or_the_errors_the_model_gives(document: bytes) -> None:
+    try:
+        expected = [Entry(e.topic, e.event, e.text) for e in BATCH.validate_json(document)]
+    except ValidationError as exc:
+        with pytest.raises(Invalid) as refused:
+            parse_events(document, Settings())
+        assert refused.value.detail == exc.errors(
+            include_url=False, include_context=False, include_input=False
+        )
+    else:
+        assert parse_events(document, Settings()) == (expected, True)

@@ -4,7 +4,9 @@
  *   loadgen sub  holds N Server-Sent Events connections, checks every event's sequence
  *                number and measures its latency; driven line by line over stdin/stdout.
  *   loadgen pub  publishes events (Herald JSON or Nchan raw bodies) on keep-alive
- *                connections, back to back or paced open-loop, and prints one JSON line.
+ *                connections, back to back or paced open-loop, and prints one JSON line;
+ *                to Herald also as batches (a JSON array per request) or as one chunked
+ *                NDJSON request per connection.
  *   loadgen tokens  K answers, a topic and a connection each, paced at so many tokens a
  *                second: a POST per token, or one chunked NDJSON request per answer.
  *
@@ -116,6 +118,36 @@ static struct sockaddr_in ipv4_address(const char *host, int port) {
     if (inet_pton(AF_INET, host, &a.sin_addr) != 1) die("not an IPv4 address: %s", host);
     return a;
 }
+
+/* ------------------------------------------------------------------ output buffers */
+
+/* What is written for a socket but not yet taken by it: buf[sent, len). It grows. */
+struct outbuf {
+    char *buf;
+    size_t len, sent, cap;
+};
+
+static void out_append(struct outbuf *o, const char *fmt, ...) {
+    for (;;) {
+        size_t room = o->cap - o->len;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) die("vsnprintf failed");
+        if ((size_t)n < room) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap = 2 * (o->cap + (size_t)n);
+        o->buf = realloc(o->buf, o->cap);
+        if (!o->buf) die("out of memory");
+    }
+}
+
+static void out_clear(struct outbuf *o) { o->len = o->sent = 0; }
+
+static uint8_t out_pending(const struct outbuf *o) { return o->sent < o->len; }
 
 /* ------------------------------------------------------------------ histogram */
 
@@ -739,21 +771,26 @@ static void sub_loop(struct sub *s) {
 struct pub_opts {
     const char *host;
     int port;
-    int nchan;
-    uint32_t topics, concurrency;
+    int nchan, stream;
+    uint32_t topics, concurrency, batch;
     uint64_t count, start_seq;
     double rate, timeout_s;
     const char *topic_prefix;
 };
 
+/* A unit is the events one write carries: a request's (one event, or a --batch), or
+ * with --stream a chunk of the connection's one request. */
 struct pconn {
     int fd;
-    uint8_t connecting, busy;
+    uint8_t connecting, busy; /* busy: a request sent, its answer not yet read */
+    uint8_t streaming;        /* --stream: the request is open for more chunks */
+    uint64_t units_left;      /* units still to go on this connection */
+    uint64_t cursor;          /* back to back: where to look for its next unit */
+    uint64_t request_events;  /* events in the request under way */
     struct http_head head;
     struct dechunk dc;
     int64_t body_left;
-    char out[1024];
-    size_t out_len, out_sent;
+    struct outbuf out;
 };
 
 struct pub {
@@ -761,8 +798,9 @@ struct pub {
     struct sockaddr_in dst;
     struct pconn *pc;
     int ep;
-    uint64_t next, ok, errors, in_flight;
+    uint64_t next, units, ok, errors, in_flight, events_ok;
     uint64_t t0, first_send, last_done, max_lag_us;
+    struct outbuf body; /* a Herald request's body, while its request is written */
     char rbuf[READ_BUF];
 };
 
@@ -781,78 +819,140 @@ static void pconn_reopen(struct pub *p, uint32_t i) {
         p->errors++; /* the request in flight got no answer */
         p->in_flight--;
     }
+    c->streaming = 0;
     close(c->fd);
     pconn_open(p, i);
 }
 
-static void format_request(struct pub *p, struct pconn *c, uint64_t j) {
-    uint64_t topic = j % p->o.topics, seq = p->o.start_seq + j / p->o.topics;
-    char data[64];
-    snprintf(data, sizeof data, "%" PRIu64 " %" PRIu64, seq, real_us());
-    char body[256];
-    int blen;
-    const char *path, *ctype;
-    char pathbuf[160];
-    if (p->o.nchan) {
-        snprintf(pathbuf, sizeof pathbuf, "/pub?id=%s%" PRIu64, p->o.topic_prefix, topic);
-        path = pathbuf;
-        ctype = "text/plain";
-        blen = snprintf(body, sizeof body, "%s", data);
-    } else {
-        path = "/publish";
-        ctype = "application/json";
-        blen = snprintf(body, sizeof body,
-                        "{\"topic\":\"%s%" PRIu64 "\",\"event\":\"tick\",\"data\":\"%s\"}",
-                        p->o.topic_prefix, topic, data);
+/* Herald's body for `batch` events of `topic` from `seq` on, into p->body: an object,
+ * an array of them (--batch), or NDJSON lines (--stream). */
+static void herald_body(struct pub *p, uint64_t topic, uint64_t seq, uint64_t sent_us) {
+    int array = p->o.batch > 1 && !p->o.stream;
+    out_clear(&p->body);
+    for (uint32_t b = 0; b < p->o.batch; b++) {
+        const char *before = b == 0 ? (array ? "[" : "") : (p->o.stream ? "" : ",");
+        out_append(&p->body,
+                   "%s{\"topic\":\"%s%" PRIu64 "\",\"event\":\"tick\",\"data\":\"%" PRIu64
+                   " %" PRIu64 "\"}%s",
+                   before, p->o.topic_prefix, topic, seq + b, sent_us, p->o.stream ? "\n" : "");
     }
-    c->out_len = (size_t)snprintf(c->out, sizeof c->out,
-                                  "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: %s\r\n"
-                                  "Content-Length: %d\r\n\r\n%s",
-                                  path, p->o.host, p->o.port, ctype, blen, body);
-    c->out_sent = 0;
+    if (array) out_append(&p->body, "]");
+}
+
+/* Unit u goes to topic u % K and carries that topic's events from sequence number
+ * start + (u / K) * batch on: each topic's events stay in order on one connection. */
+static void format_unit(struct pub *p, struct pconn *c, uint64_t u) {
+    uint64_t topic = u % p->o.topics, seq = p->o.start_seq + u / p->o.topics * p->o.batch;
+    uint64_t sent_us = real_us();
+    if (p->o.nchan) {
+        char data[64];
+        int len = snprintf(data, sizeof data, "%" PRIu64 " %" PRIu64, seq, sent_us);
+        out_append(&c->out,
+                   "POST /pub?id=%s%" PRIu64 " HTTP/1.1\r\nHost: %s:%d\r\n"
+                   "Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
+                   p->o.topic_prefix, topic, p->o.host, p->o.port, len, data);
+        return;
+    }
+    herald_body(p, topic, seq, sent_us);
+    size_t len = p->body.len;
+    if (!p->o.stream) {
+        out_append(&c->out,
+                   "POST /publish HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %zu\r\n\r\n%s",
+                   p->o.host, p->o.port, len, p->body.buf);
+        return;
+    }
+    if (!c->streaming)
+        out_append(&c->out,
+                   "POST /publish HTTP/1.1\r\nHost: %s:%d\r\n"
+                   "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
+                   p->o.host, p->o.port);
+    out_append(&c->out, "%zx\r\n%s\r\n", len, p->body.buf);
+    if (c->units_left == 1) out_append(&c->out, "0\r\n\r\n");
 }
 
 static void pconn_flush(struct pub *p, uint32_t i) {
     struct pconn *c = &p->pc[i];
-    ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+    struct outbuf *o = &c->out;
+    ssize_t n = send(c->fd, o->buf + o->sent, o->len - o->sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EAGAIN) n = 0;
     if (n < 0) {
         pconn_reopen(p, i);
         return;
     }
-    c->out_sent += (size_t)n;
-    epoll_set(p->ep, EPOLL_CTL_MOD, c->fd, c->out_sent < c->out_len ? EPOLLOUT : EPOLLIN, i);
+    o->sent += (size_t)n;
+    epoll_set(p->ep, EPOLL_CTL_MOD, c->fd, out_pending(o) ? EPOLLOUT : EPOLLIN, i);
 }
 
-static uint64_t scheduled_us(const struct pub *p, uint64_t j) {
-    return p->o.rate > 0 ? p->t0 + (uint64_t)((double)j * 1e6 / p->o.rate) : p->t0;
+/* --rate counts events: unit u is due once its first event is. */
+static uint64_t scheduled_us(const struct pub *p, uint64_t u) {
+    double j = (double)u * p->o.batch;
+    return p->o.rate > 0 ? p->t0 + (uint64_t)(j * 1e6 / p->o.rate) : p->t0;
 }
 
-/* Sends due events in order; an event waits for its topic's connection, which keeps
- * every topic's events in order on one connection. */
-static void send_due(struct pub *p, uint64_t now) {
-    while (p->next < p->o.count) {
-        uint64_t due = scheduled_us(p, p->next);
-        if (due > now) return;
-        uint32_t i = (uint32_t)((p->next % p->o.topics) % p->o.concurrency);
-        struct pconn *c = &p->pc[i];
-        if (c->busy || c->connecting) return;
-        if (p->o.rate > 0 && now - due > p->max_lag_us) p->max_lag_us = now - due;
-        if (!p->first_send) p->first_send = now;
+static uint32_t conn_of(const struct pub *p, uint64_t u) {
+    return (uint32_t)((u % p->o.topics) % p->o.concurrency);
+}
+
+/* A connection takes a unit when no request is under way on it or, streaming, once it
+ * wrote the last one. */
+static int pconn_takes_unit(const struct pconn *c) {
+    return !c->connecting && (!c->busy || (c->streaming && !out_pending(&c->out)));
+}
+
+static void send_unit(struct pub *p, uint32_t i, uint64_t u, uint64_t now) {
+    struct pconn *c = &p->pc[i];
+    if (!p->first_send) p->first_send = now;
+    if (!c->busy) {
         head_reset(&c->head);
         memset(&c->dc, 0, sizeof c->dc);
-        format_request(p, c, p->next++);
         c->busy = 1;
+        c->request_events = 0;
         p->in_flight++;
-        pconn_flush(p, i);
+    }
+    out_clear(&c->out);
+    format_unit(p, c, u);
+    p->next++;
+    c->streaming = p->o.stream && c->units_left > 1;
+    c->units_left--;
+    c->request_events += p->o.batch;
+    pconn_flush(p, i);
+}
+
+/* Paced, units go in schedule order, each waiting for its topic's connection, which
+ * keeps every topic's events in order on one connection. Back to back, each connection
+ * takes its own next unit as soon as it is free, so an answer that comes late holds up
+ * its own connection only: the ceiling is the server's, not this loop's. */
+static void send_due(struct pub *p, uint64_t now) {
+    if (p->o.rate <= 0) {
+        for (uint32_t i = 0; i < p->o.concurrency; i++) {
+            struct pconn *c = &p->pc[i];
+            while (c->units_left && pconn_takes_unit(c)) {
+                while (conn_of(p, c->cursor) != i) c->cursor++;
+                send_unit(p, i, c->cursor++, now);
+            }
+        }
+        return;
+    }
+    while (p->next < p->units) {
+        uint64_t due = scheduled_us(p, p->next);
+        if (due > now) return;
+        uint32_t i = conn_of(p, p->next);
+        if (!pconn_takes_unit(&p->pc[i])) return;
+        if (now - due > p->max_lag_us) p->max_lag_us = now - due;
+        send_unit(p, i, p->next, now);
     }
 }
 
 static void response_done(struct pub *p, uint32_t i, uint64_t now) {
     struct pconn *c = &p->pc[i];
-    if (c->head.status >= 200 && c->head.status < 300) p->ok++;
-    else p->errors++;
-    c->busy = 0;
+    if (c->head.status >= 200 && c->head.status < 300) {
+        p->ok++;
+        p->events_ok += c->request_events;
+    } else {
+        p->errors++;
+    }
+    c->busy = c->streaming = 0; /* an answer ends a stream, even one that came early */
     p->in_flight--;
     p->last_done = now;
     if (c->head.close) pconn_reopen(p, i);
@@ -899,7 +999,7 @@ static void pconn_event(struct pub *p, uint32_t i, uint64_t now) {
                 strerror(connect_error(c->fd)));
         c->connecting = 0;
         epoll_set(p->ep, EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
-    } else if (c->busy && c->out_sent < c->out_len) {
+    } else if (c->busy && out_pending(&c->out)) {
         pconn_flush(p, i);
     } else {
         pconn_readable(p, i, now);
@@ -909,7 +1009,7 @@ static void pconn_event(struct pub *p, uint32_t i, uint64_t now) {
 /* How long to sleep in epoll: until the next event is due, or, when it is due but its
  * connection is busy, until that connection answers (never a busy loop). */
 static int pub_wait_ms(const struct pub *p, uint64_t now) {
-    if (p->next >= p->o.count || p->o.rate <= 0) return 100;
+    if (p->next >= p->units || p->o.rate <= 0) return 100;
     uint64_t due = scheduled_us(p, p->next);
     return due <= now ? 100 : (int)((due - now + 999) / 1000);
 }
@@ -918,10 +1018,13 @@ static void pub_report(const struct pub *p, int timed_out) {
     uint64_t end = p->last_done ? p->last_done : mono_us();
     double secs = p->first_send ? (double)(end - p->first_send) / 1e6 : 0;
     uint64_t done = p->ok + p->errors;
+    /* sent: events written; ok, errors: requests answered; events_ok: events in the 2xx */
     printf("{\"sent\":%" PRIu64 ",\"ok\":%" PRIu64 ",\"errors\":%" PRIu64
-           ",\"timed_out\":%s,\"seconds\":%.6f,\"achieved_rate\":%.3f,\"max_lag_ms\":%.3f,",
-           p->next, p->ok, p->errors, timed_out ? "true" : "false", secs,
-           secs > 0 ? (double)done / secs : 0.0, (double)p->max_lag_us / 1e3);
+           ",\"events_ok\":%" PRIu64 ",\"timed_out\":%s,\"seconds\":%.6f"
+           ",\"achieved_rate\":%.3f,\"events_per_s\":%.3f,\"max_lag_ms\":%.3f,",
+           p->next * p->o.batch, p->ok, p->errors, p->events_ok, timed_out ? "true" : "false",
+           secs, secs > 0 ? (double)done / secs : 0.0,
+           secs > 0 ? (double)p->events_ok / secs : 0.0, (double)p->max_lag_us / 1e3);
     print_cpu_json();
     printf("}\n");
     fflush(stdout);
@@ -931,7 +1034,7 @@ static void pub_run(struct pub *p) {
     static struct epoll_event evs[MAX_EVENTS];
     uint64_t deadline = mono_us() + (uint64_t)(p->o.timeout_s * 1e6);
     p->t0 = 0;
-    while (p->next < p->o.count || p->in_flight) {
+    while (p->next < p->units || p->in_flight) {
         int n = epoll_wait(p->ep, evs, MAX_EVENTS, p->t0 ? pub_wait_ms(p, mono_us()) : 10);
         if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
         uint64_t now = mono_us();
@@ -986,8 +1089,7 @@ struct answer {
     struct http_head head;
     struct dechunk dc;
     int64_t body_left;
-    char *out; /* written but not yet taken by the socket: out[out_sent, out_len) */
-    size_t out_len, out_sent, out_cap;
+    struct outbuf out;
 };
 
 struct tokens {
@@ -1007,24 +1109,6 @@ struct tokens {
 static uint64_t token_due_us(const struct tokens *t, uint32_t a, uint64_t n) {
     double j = (double)n * t->o.answers + a;
     return t->t0 + (uint64_t)(j * 1e6 / (t->o.rate * t->o.answers));
-}
-
-static void out_append(struct answer *a, const char *fmt, ...) {
-    for (;;) {
-        size_t room = a->out_cap - a->out_len;
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(a->out + a->out_len, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) die("vsnprintf failed");
-        if ((size_t)n < room) {
-            a->out_len += (size_t)n;
-            return;
-        }
-        a->out_cap = 2 * (a->out_cap + (size_t)n);
-        a->out = realloc(a->out, a->out_cap);
-        if (!a->out) die("out of memory");
-    }
 }
 
 static void answer_connect(struct tokens *t, uint32_t i) {
@@ -1055,7 +1139,7 @@ static void answer_broken(struct tokens *t, uint32_t i) {
         t->failed[0]++;
     }
     a->awaiting = 0;
-    a->out_len = a->out_sent = 0;
+    out_clear(&a->out);
     if (t->o.stream || a->sent == t->o.tokens) {
         answer_finish(t, i);
         return;
@@ -1067,18 +1151,19 @@ static void answer_broken(struct tokens *t, uint32_t i) {
 
 static void answer_flush(struct tokens *t, uint32_t i) {
     struct answer *a = &t->an[i];
-    while (a->out_sent < a->out_len) {
-        ssize_t n = send(a->fd, a->out + a->out_sent, a->out_len - a->out_sent, MSG_NOSIGNAL);
+    struct outbuf *o = &a->out;
+    while (out_pending(o)) {
+        ssize_t n = send(a->fd, o->buf + o->sent, o->len - o->sent, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) break;
         if (n < 0) {
             answer_broken(t, i);
             return;
         }
-        a->out_sent += (size_t)n;
+        o->sent += (size_t)n;
     }
-    if (a->out_sent == a->out_len) a->out_sent = a->out_len = 0;
-    uint8_t want_out = a->out_len > 0;
+    if (!out_pending(o)) out_clear(o);
+    uint8_t want_out = out_pending(o);
     if (want_out != a->want_out) {
         a->want_out = want_out;
         epoll_set(t->ep, EPOLL_CTL_MOD, a->fd, EPOLLIN | (want_out ? EPOLLOUT : 0), i);
@@ -1101,7 +1186,7 @@ static void write_token(struct tokens *t, uint32_t i, uint64_t now) {
     snprintf(data, sizeof data, "%" PRIu64 " %" PRIu64, n + 1, t->t0_real + (due - t->t0));
     /* "t<a>": the topics that `loadgen sub --path ...t{k}` follows */
     if (t->o.nchan) {
-        out_append(a,
+        out_append(&a->out,
                    "POST /pub?id=t%" PRIu32 " HTTP/1.1\r\nHost: %s:%d\r\n"
                    "Content-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
                    i, host, port, strlen(data), data);
@@ -1110,19 +1195,19 @@ static void write_token(struct tokens *t, uint32_t i, uint64_t now) {
     int len = snprintf(line, sizeof line,
                        "{\"topic\":\"t%" PRIu32 "\",\"event\":\"token\",\"data\":\"%s\"}", i, data);
     if (!t->o.stream) {
-        out_append(a,
+        out_append(&a->out,
                    "POST /publish HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                    "Content-Length: %d\r\n\r\n%s",
                    host, port, len, line);
         return;
     }
     if (n == 0)
-        out_append(a,
+        out_append(&a->out,
                    "POST /publish HTTP/1.1\r\nHost: %s:%d\r\n"
                    "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
                    host, port);
-    out_append(a, "%x\r\n%s\n\r\n", (unsigned)len + 1, line);
-    if (a->sent == t->o.tokens) out_append(a, "0\r\n\r\n");
+    out_append(&a->out, "%x\r\n%s\n\r\n", (unsigned)len + 1, line);
+    if (a->sent == t->o.tokens) out_append(&a->out, "0\r\n\r\n");
 }
 
 /* Writes what is due: one POST at a time, each once the previous one was answered; or,
@@ -1281,7 +1366,10 @@ static void usage(void) {
           "    on stdin: mark | report | quit.\n"
           "  loadgen pub --port P --proto herald|nchan --count N [--host 127.0.0.1]\n"
           "              [--topics K] [--rate R] [--concurrency C] [--topic-prefix t]\n"
-          "              [--start-seq S] [--timeout SECS]\n"
+          "              [--start-seq S] [--timeout SECS] [--batch B] [--stream]\n"
+          "    N events (a multiple of B), R a second (0: back to back). Herald only: --batch\n"
+          "    sends B events a request as a JSON array; --stream sends each connection's\n"
+          "    events as one chunked NDJSON request, B lines a chunk.\n"
           "  loadgen tokens --port P --proto herald|nchan --answers K --tokens N [--rate R]\n"
           "              [--stream] [--host 127.0.0.1] [--timeout SECS]\n"
           "    Answer a publishes N tokens to topic t<a> at R a second (default 25); --stream\n"
@@ -1358,7 +1446,7 @@ static void parse_sub(int argc, char **argv, struct sub_opts *o) {
 }
 
 static void parse_pub(int argc, char **argv, struct pub_opts *o) {
-    *o = (struct pub_opts){.host = "127.0.0.1", .topics = 1, .concurrency = 1,
+    *o = (struct pub_opts){.host = "127.0.0.1", .topics = 1, .concurrency = 1, .batch = 1,
                            .start_seq = 1, .topic_prefix = "t", .timeout_s = 600};
     const char *proto = NULL;
     for (struct argv_iter it = {argc, 2, argv}; it.i < argc; it.i++) {
@@ -1373,12 +1461,17 @@ static void parse_pub(int argc, char **argv, struct pub_opts *o) {
         else if (!strcmp(a, "--topic-prefix")) o->topic_prefix = arg_value(&it);
         else if (!strcmp(a, "--start-seq")) o->start_seq = arg_u64(&it);
         else if (!strcmp(a, "--timeout")) o->timeout_s = arg_double(&it);
+        else if (!strcmp(a, "--batch")) o->batch = (uint32_t)arg_u64(&it);
+        else if (!strcmp(a, "--stream")) o->stream = 1;
         else usage();
     }
-    if (!o->port || !proto || !o->topics || !o->concurrency) usage();
+    if (!o->port || !proto || !o->topics || !o->concurrency || !o->batch) usage();
     if (strcmp(proto, "herald") && strcmp(proto, "nchan")) die("--proto is herald or nchan");
     o->nchan = strcmp(proto, "nchan") == 0;
     if (strlen(o->topic_prefix) > 100) die("--topic-prefix too long");
+    if (o->count % o->batch) die("--count must be a multiple of --batch");
+    if (o->nchan && (o->batch > 1 || o->stream))
+        die("--batch and --stream are Herald's; Nchan takes one message a request");
 }
 
 static void parse_tokens(int argc, char **argv, struct tokens_opts *o) {
@@ -1430,6 +1523,8 @@ static void pub_main(int argc, char **argv) {
     p->dst = ipv4_address(p->o.host, p->o.port);
     p->pc = calloc(p->o.concurrency, sizeof *p->pc);
     if (!p->pc) die("out of memory");
+    p->units = p->o.count / p->o.batch;
+    for (uint64_t u = 0; u < p->units; u++) p->pc[conn_of(p, u)].units_left++;
     p->ep = epoll_create1(EPOLL_CLOEXEC);
     for (uint32_t i = 0; i < p->o.concurrency; i++) pconn_open(p, i);
     pub_run(p);
@@ -1447,10 +1542,6 @@ static void tokens_main(int argc, char **argv) {
     if (t->timer < 0) die("timerfd_create: %s", strerror(errno));
     epoll_set(t->ep, EPOLL_CTL_ADD, t->timer, EPOLLIN, TIMER_TAG);
     for (uint32_t i = 0; i < t->o.answers; i++) {
-        struct answer *a = &t->an[i];
-        a->out_cap = 512;
-        a->out = malloc(a->out_cap);
-        if (!a->out) die("out of memory");
         answer_connect(t, i);
     }
     tokens_run(t);

@@ -151,15 +151,23 @@ def publish(
     rate: float = 0,
     concurrency: int = 1,
     start_seq: int = 1,
+    batch: int = 1,
+    stream: bool = False,
     core: int | None = None,
     timeout: float = 600,
 ) -> Report:
-    """Runs `loadgen pub` to the end; its JSON summary."""
+    """Runs `loadgen pub` to the end; its JSON summary.
+
+    `count` events (a multiple of `batch`); to Herald, `batch` events a request as a JSON
+    array, or with `stream` one NDJSON request per connection, `batch` lines a chunk.
+    """
     cmd = [
         str(binary), "pub", "--port", str(port), "--proto", proto, "--count", str(count),
         "--topics", str(topics), "--rate", str(rate), "--concurrency", str(concurrency),
-        "--start-seq", str(start_seq), "--timeout", str(timeout),
+        "--start-seq", str(start_seq), "--timeout", str(timeout), "--batch", str(batch),
     ]  # fmt: skip
+    if stream:
+        cmd.append("--stream")
     return _run_to_end(cmd, core, timeout)
 
 
