@@ -1,3 +1,3 @@
-from service.cli import main
+from service.client.cli import main
 
 main()

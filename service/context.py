@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from service.auth import Authenticator
-from service.hub import Hub
-from service.mercure_subscriptions import Registry
+from service.delivery.hub import Hub
+from service.mercure.subscriptions import Registry
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.settings import Settings
-from service.store import Store
+from service.storage.store import Store
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, model_validator
 
-from service import sse
+from service.encoding import sse
 
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 EVENT_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"

@@ -10,7 +10,7 @@ from jwt.algorithms import get_default_algorithms
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.redis_url import RedisTarget
+from service.storage.redis_url import RedisTarget
 
 MIN_HS256_KEY_BYTES = 32
 """RFC 7518 section 3.2: an HS256 key at least as long as the hash."""

@@ -1,6 +1,6 @@
 """The service's SSE parser with what tests check recorded, and a streaming client for tests.
 
-`SSEParser` is `service.sse_parser.SSEParser` (the WHATWG event-stream interpretation,
+`SSEParser` is `service.client.sse_parser.SSEParser` (the WHATWG event-stream interpretation,
 so what the tests see is what a browser's `EventSource` would see) that also keeps every
 comment and how many events came before the first `retry` field.
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from service import sse_parser
-from service.sse_parser import Event
+from service.client import sse_parser
+from service.client.sse_parser import Event
 
 __all__ = ["Comment", "Event", "Following", "SSEParser", "SSEStream", "parse"]
 

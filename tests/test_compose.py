@@ -19,9 +19,9 @@ import httpx
 import pytest
 import yaml
 
-from service.cli import _parser
-from service.redis_url import RedisTarget
+from service.client.cli import _parser
 from service.settings import Settings
+from service.storage.redis_url import RedisTarget
 from tests.conftest import ROOT, run_herald
 
 COMPOSE = ROOT / "compose.yaml"

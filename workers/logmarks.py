@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
-from service import keys
 from service.models import PublishEvent
-from service.store import Store
+from service.storage import keys
+from service.storage.store import Store
 from workers.lines import Line
 from workers.runtime import Runtime
 from workers.sink import StoreSink

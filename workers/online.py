@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 
-from service import keys
 from service.models import PRESENCE_PREFIX as PREFIX
 from service.models import PublishEvent
+from service.storage import keys
 from workers.runtime import Runtime
 
 _TOPIC_MAX = 128

@@ -20,8 +20,8 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from service.client import checked_url, describe
-from service.sse_parser import SSEParser
+from service.client.publisher import checked_url, describe
+from service.client.sse_parser import SSEParser
 
 __all__ = ["ChatMessage", "Delta", "Upstream", "UpstreamError", "stream_chat"]
 

@@ -19,11 +19,11 @@ from typing import TypeVar
 
 from redis.exceptions import OutOfMemoryError
 
-from service.client import Unavailable
+from service.client.publisher import Unavailable
 from service.errors import REDIS_DOWN, NotReplicated, OutcomeUnknown
 from service.settings import Settings
-from service.store import Store
-from service.stores import open_store
+from service.storage.store import Store
+from service.storage.stores import open_store
 from workers.sink import HttpSink, Sink, StoreSink
 
 log = logging.getLogger("herald.worker")

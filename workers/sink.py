@@ -14,15 +14,15 @@ from typing import Protocol, Self
 
 from pydantic import JsonValue
 
-from service.client import AsyncPublisher, Stream
+from service.client.publisher import AsyncPublisher, Stream
 from service.models import PublishEvent
-from service.publishing import body_fingerprint
+from service.publish.body import body_fingerprint
 from service.settings import Settings
-from service.store import Store
+from service.storage.store import Store
 
 
 class EventStream(Protocol):
-    """Events sent one at a time, for `async with`; `service.client.Stream` is one."""
+    """Events sent one at a time, for `async with`; `service.client.publisher.Stream` is one."""
 
     async def send(self, topic: str, data: JsonValue = "", event: str = "message") -> None:
         """Publish one more event; raises the stream's failure instead once it failed."""

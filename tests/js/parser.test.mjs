@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { SSEParser } from "../../service/static/herald.js";
+import { SSEParser } from "../../service/web/static/herald.js";
 
 const encoder = new TextEncoder();
 

@@ -1,5 +1,5 @@
 // HeraldSource's reconnect rules, against real `herald serve` processes on a real Redis.
-// tests/test_herald_js.py starts them and runs this file with, in the environment:
+// tests/web/test_herald_js.py starts them and runs this file with, in the environment:
 //   HERALDJS_URL          a Herald with auth on (HERALDJS_JWT_KEY) and HERALD_RETRY_MS=100
 //   HERALDJS_LIMITED_URL  the same with HERALD_MAX_STREAMS=1
 // A plain `node --test tests/js/` skips them.
@@ -10,10 +10,10 @@ import { createServer } from "node:net";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { HeraldSource } from "../../service/static/herald.js";
+import { HeraldSource } from "../../service/web/static/herald.js";
 
 const { HERALDJS_URL: HERALD, HERALDJS_LIMITED_URL: LIMITED, HERALDJS_JWT_KEY } = process.env;
-const skip = HERALD ? false : "needs the Heralds that tests/test_herald_js.py starts";
+const skip = HERALD ? false : "needs the Heralds that tests/web/test_herald_js.py starts";
 
 // Longer than any first retry may wait: the backoff's ceiling for a source that never opened
 // a stream is twice the default retry (2 s).
