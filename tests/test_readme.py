@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,7 +114,18 @@ class Shell:
         assert self.shows(expected), f"expected, in order: {expected}\ngot:\n{self.output}"
 
     def ctrl_c(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGINT)
+        """Ctrl-C in a terminal: SIGINT to the foreground command, not to a job started with
+        `&`. A terminal's job control puts such a job in a process group of its own; this
+        shell has none, so its background `herald serve` is left out by hand."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid and b"serve" not in command:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(stat.parent.name), signal.SIGINT)
 
     def finish(self) -> int:
         returncode = self.proc.wait(timeout=30)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from tests.delivery.test_hub import Stream, xadd
 
 from service.delivery.changefeed import missing_flags
 from service.delivery.hub import Hub
@@ -23,6 +22,7 @@ from service.storage.store import Store
 from service.storage.stores import open_store
 from tests import ports
 from tests.conftest import RedisServer, wait_until
+from tests.delivery.test_hub import Stream, xadd
 from tests.sse import Event
 
 pytestmark = pytest.mark.integration

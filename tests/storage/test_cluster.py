@@ -24,13 +24,13 @@ import httpx
 import pytest
 import redis
 from redis.crc import key_slot
-from tests.mercure.test_mercure import HUB, PUBLISHER, SETTINGS
 
 from service.client.publisher import AsyncPublisher
 from service.models import PublishEvent
 from service.storage.keys import MERCURE_IDS, MERCURE_ORDER
 from tests import ports
 from tests.conftest import ROOT, HeraldLauncher, RedisServer, metric
+from tests.mercure.test_mercure import HUB, PUBLISHER, SETTINGS
 from tests.sse import SSEStream
 
 pytestmark = pytest.mark.integration

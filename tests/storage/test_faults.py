@@ -157,6 +157,9 @@ async def test_redis_restarted_empty_tells_a_resuming_client_and_no_one_else(
         await asyncio.sleep(0.3)
         seen = (await publish(client, app, "t", "seen")).json()["id"]
         await publish(client, app, "t", "unseen by the resuming client")
+        # Redis without persistence loses what the hub had not read yet when it died: the
+        # live client must have both before the crash for the rest to be checked.
+        live_events = [(await live.next_event(timeout=5)).data for _ in range(2)]
 
         redis.kill()
         redis.start()  # no persistence: every stream is gone
@@ -173,7 +176,7 @@ async def test_redis_restarted_empty_tells_a_resuming_client_and_no_one_else(
             await asyncio.sleep(0.3)
             newest = await publish_when_back(client, app, "t", "newest")
             nothing_missed = await current.next_event(timeout=5)
-        live_events = [(await live.next_event(timeout=5)).data for _ in range(4)]
+        live_events += [(await live.next_event(timeout=5)).data for _ in range(2)]
 
     assert announced.event == "herald.trimmed"
     assert announced.id is None or announced.id == seen
