@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 
 from redis.exceptions import ResponseError
 
 from service.delivery.hub import Hub
+from service.delivery.reporter import Reporter
 from service.errors import REDIS_DOWN
 from service.settings import Settings
 from service.storage.store import Store
@@ -26,34 +24,20 @@ log = logging.getLogger("herald")
 
 _CHECK_SECONDS = 0.5
 _REPORT_LIFETIMES = 3
-_WITHDRAW_TIMEOUT_SECONDS = 1.0
 
 
-class Presence:
+class Presence(Reporter):
+    task_name = "herald-presence"
+    what = "presence"
+
     def __init__(self, store: Store, hub: Hub, settings: Settings) -> None:
+        super().__init__()
         self._store = store
         self._hub = hub
         self._interval = settings.presence_seconds
-        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="herald-presence")
-
-    async def stop(self) -> None:
-        """Stop reporting and take this replica's counts out at once."""
-        # The flag ends the loop even when a Redis client swallows the cancellation
-        # of a report under way (seen at a shutdown right after startup).
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            async with asyncio.timeout(_WITHDRAW_TIMEOUT_SECONDS):
-                await self._store.withdraw_presence(self.replica)
-        except (*REDIS_DOWN, TimeoutError) as exc:
-            log.debug("could not withdraw presence, it will expire: %s", exc)
+    async def _withdraw(self) -> None:
+        await self._store.withdraw_presence(self.replica)
 
     async def _run(self) -> None:
         reported = -1

@@ -19,9 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import secrets
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +26,7 @@ from urllib.parse import quote, unquote
 
 from redis.exceptions import ResponseError
 
+from service.delivery.reporter import Reporter
 from service.errors import REDIS_DOWN, NotFound
 from service.mercure.auth import Grant
 from service.mercure.match import Matcher
@@ -40,7 +38,6 @@ log = logging.getLogger("herald")
 EVENT_TYPE = "mercure"
 V0_CONTEXT = "https://mercure.rocks/"
 _LIFETIMES = 3
-_WITHDRAW_TIMEOUT_SECONDS = 1.0
 
 
 def segment(value: str) -> str:
@@ -99,35 +96,25 @@ def subscriptions_of(
     return [Subscription(m, subscriber, grant.payload_for(m, base), hub_path) for m in matchers]
 
 
-class Registry:
+class Registry(Reporter):
     """This replica's active subscriptions, kept in Redis and announced as they change."""
 
+    task_name = "herald-mercure-subscriptions"
+    what = "the Mercure subscriptions"
+
     def __init__(self, store: Store, interval: float, retention: int) -> None:
+        super().__init__()
         self._store = store
         self._interval = interval
         self._retention = retention
-        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._active: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @property
     def ttl(self) -> float:
         return self._interval * _LIFETIMES
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="herald-mercure-subscriptions")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            async with asyncio.timeout(_WITHDRAW_TIMEOUT_SECONDS):
-                await self._store.withdraw_mercure_subscriptions(self.replica)
-        except (*REDIS_DOWN, TimeoutError) as exc:
-            log.debug("could not withdraw the Mercure subscriptions, they expire: %s", exc)
+    async def _withdraw(self) -> None:
+        await self._store.withdraw_mercure_subscriptions(self.replica)
 
     async def opened(self, subscriptions: list[Subscription]) -> None:
         """Record them, then announce them."""
